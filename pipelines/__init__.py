@@ -1,0 +1,1 @@
+"""Diffusers pipelines of stablemtl (importable as ``pipelines`` and loadable as custom pipelines)."""

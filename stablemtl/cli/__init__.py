@@ -1,0 +1,1 @@
+"""Command-line entry points (they may import every layer of the toolkit)."""

@@ -1,0 +1,1 @@
+"""Procedural renderer with exact labels for every task."""

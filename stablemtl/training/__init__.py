@@ -1,0 +1,1 @@
+"""stablemtl.training"""
