@@ -1,0 +1,530 @@
+"""StableMTL single-stream pipeline: one Stable Diffusion UNet, many dense-prediction tasks (spec §2).
+
+The UNet receives ``[z(frame_t), z(frame_t+1 or frame_t), zeros]`` (12 latent channels) at a fixed timestep,
+conditioned on the cached text embedding of the task prompt, and returns the x0 latent of the task's label
+drawn as an image; the VAE decodes it and the task turns the image into a prediction. Unlike the official
+code (spec §6), all requested tasks of a batch share one VAE encode per frame and one batched UNet call.
+
+This file is copied into every saved folder so that plain diffusers loads it as a custom pipeline:
+``DiffusionPipeline.from_pretrained(folder, custom_pipeline="pipeline_stablemtl", trust_remote_code=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.utils import BaseOutput, logging
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from stablemtl.hub import make_model_card, push_folder_to_hub
+from stablemtl.models.conv_in import widen_conv_in
+from stablemtl.models.task_tokens import TaskEmbeddings
+from stablemtl.pipelines.image_processor import RESAMPLE_METHODS, ImageInput, StableMTLImageProcessor
+from stablemtl.tasks import check_tasks, get_task, task_names
+
+logger = logging.get_logger(__name__)
+
+PIPELINE_FILE = "pipeline_stablemtl.py"
+INPUT_NOISE_MODES = ("deterministic", "random")
+
+
+@dataclass
+class StableMTLOutput(BaseOutput):
+    """Predictions of ``StableMTLPipeline``, one field per built-in task (None when not requested).
+
+    With ``output_type="pt"`` each is a ``(N, C, H, W)`` tensor, with ``"np"`` an ``(N, H, W, C)`` array:
+    semantic ``C=1`` int64 class ids; depth ``C=1`` affine-invariant in [0, 1]; normal ``C=3`` unit vectors;
+    optical_flow ``C=2`` and scene_flow ``C=3`` per-axis normalised in [-1, 1]; albedo ``C=3`` and shading
+    ``C=1`` in [0, 1]. ``predictions`` maps every requested task (built-in or not) to its prediction.
+    """
+
+    semantic: np.ndarray | torch.Tensor | None = None
+    depth: np.ndarray | torch.Tensor | None = None
+    normal: np.ndarray | torch.Tensor | None = None
+    optical_flow: np.ndarray | torch.Tensor | None = None
+    scene_flow: np.ndarray | torch.Tensor | None = None
+    albedo: np.ndarray | torch.Tensor | None = None
+    shading: np.ndarray | torch.Tensor | None = None
+    predictions: dict[str, np.ndarray | torch.Tensor] | None = None
+
+
+class StableMTLPipeline(DiffusionPipeline):
+    """Multi-task dense prediction with a Stable Diffusion UNet in one deterministic step.
+
+    Args:
+        unet: ``UNet2DConditionModel`` with ``in_channels = 3 * latent channels`` (see ``widen_conv_in``).
+        vae: ``AutoencoderKL``; images and predictions pass through it (scale ``vae.config.scaling_factor``).
+        scheduler: kept for the diffusers layout (its ``prediction_type`` is ``"sample"``); the pipeline
+            uses the single fixed ``timestep``.
+        text_encoder, tokenizer: optional, only needed to add a task (``add_tasks``).
+        task_embeddings: the cached task tokens; loaded from the folder by ``from_pretrained``.
+        timestep: the fixed UNet timestep (spec: 999).
+        input_noise: ``"deterministic"`` (zero target latent, the spec's default) or ``"random"`` (standard
+            normal target latent drawn with ``generator``).
+        default_processing_resolution: longer edge the images are resized to when ``processing_resolution``
+            is not given; 0 processes at the native size.
+        training_info: what the training run recorded (base model, data, steps, metrics) for the model card.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components: ClassVar[list[str]] = ["text_encoder", "tokenizer"]
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        scheduler: DDIMScheduler,
+        text_encoder: CLIPTextModel | None = None,
+        tokenizer: CLIPTokenizer | None = None,
+        task_embeddings: TaskEmbeddings | None = None,
+        timestep: int = 999,
+        input_noise: str = "deterministic",
+        default_processing_resolution: int = 0,
+        training_info: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        if input_noise not in INPUT_NOISE_MODES:
+            raise ValueError(f"input_noise={input_noise!r} must be one of {INPUT_NOISE_MODES}")
+        if not 0 <= timestep < scheduler.config.num_train_timesteps:
+            raise ValueError(f"timestep={timestep} must lie in [0, {scheduler.config.num_train_timesteps})")
+        self.register_modules(
+            unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer
+        )
+        # Settings only (no lists at the top level: diffusers would take them for components).
+        self.register_to_config(
+            timestep=int(timestep),
+            input_noise=input_noise,
+            default_processing_resolution=int(default_processing_resolution),
+            training_info=dict(training_info) if training_info else None,
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.image_processor = StableMTLImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self._task_embeddings = task_embeddings
+
+    # -- task tokens -----------------------------------------------------------------------------------------
+    @property
+    def task_embeddings(self) -> TaskEmbeddings:
+        """The cached task tokens, read from the folder the pipeline was loaded from on first use (this is how
+        a pipeline loaded by plain ``DiffusionPipeline.from_pretrained`` finds them)."""
+        if self._task_embeddings is None:
+            source = self.name_or_path
+            if not source:
+                raise ValueError(
+                    "this pipeline has no task embeddings; build it with StableMTLPipeline.from_base, "
+                    "load it with from_pretrained, or pass task_embeddings="
+                )
+            self._task_embeddings = TaskEmbeddings.load(source)
+        return self._task_embeddings
+
+    @property
+    def tasks(self) -> list[str]:
+        """Names of the tasks this pipeline has task tokens for, in order."""
+        return self.task_embeddings.names
+
+    def add_tasks(self, tasks: str | Sequence[str], prompts: Mapping[str, str] | None = None) -> None:
+        """Compute and cache the task tokens of registered ``tasks`` (prompts default to ``Task.prompt``).
+
+        Needs ``text_encoder`` and ``tokenizer``. The UNet must then be trained on the new tasks.
+        """
+        tasks = check_tasks(tasks)
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ValueError(
+                "adding a task needs the text encoder and tokenizer: load them with the pipeline, e.g. "
+                "from_pretrained(folder, text_encoder=CLIPTextModel.from_pretrained(base, subfolder="
+                "'text_encoder'), tokenizer=CLIPTokenizer.from_pretrained(base, subfolder='tokenizer'))"
+            )
+        prompts = {t: (prompts or {}).get(t, get_task(t).prompt) for t in tasks}
+        if self._task_embeddings is None and not self.name_or_path:
+            self._task_embeddings = TaskEmbeddings.compute(self.text_encoder, self.tokenizer, prompts)
+        else:
+            self.task_embeddings.add(self.text_encoder, self.tokenizer, prompts)
+
+    def set_training_info(self, **info: Any) -> None:
+        """Record training facts for the model card, merged into ``config.training_info`` (``base_model``,
+        ``datasets``, ``max_train_steps``, ``metrics={task: {metric: value}}``, ...); saved with the model."""
+        merged = dict(self.config.training_info or {})
+        merged.update(info)
+        self.register_to_config(training_info=merged)
+
+    # -- inputs ---------------------------------------------------------------------------------------------
+    def check_inputs(
+        self,
+        image: ImageInput,
+        next_image: ImageInput | None,
+        tasks: list[str],
+        processing_resolution: int,
+        resample_method_input: str,
+        resample_method_output: str,
+        batch_size: int,
+        output_type: str,
+        generator: torch.Generator | None,
+    ) -> int:
+        """Validate every argument (``ValueError`` naming it); return the number of input images."""
+        in_channels = self.unet.config.in_channels
+        latent_channels = self.vae.config.latent_channels
+        if in_channels != 3 * latent_channels:
+            raise ValueError(
+                f"unet takes {in_channels} input channels; StableMTL needs {3 * latent_channels} "
+                "([z_t, z_t+1, target]): widen it with stablemtl.models.conv_in.widen_conv_in"
+            )
+        if self.unet.config.cross_attention_dim != self.task_embeddings.dim:
+            raise ValueError(
+                f"task embeddings have width {self.task_embeddings.dim}, the unet expects "
+                f"{self.unet.config.cross_attention_dim}"
+            )
+        missing = [t for t in tasks if t not in self.task_embeddings]
+        if missing:
+            raise ValueError(
+                f"tasks {missing} have no task token in this model (it knows: {', '.join(self.tasks)}); "
+                "add_tasks() computes one, after which the UNet must be trained on them"
+            )
+        if not isinstance(processing_resolution, int) or processing_resolution < 0:
+            raise ValueError(
+                f"processing_resolution={processing_resolution!r} must be an int >= 0 (0: native)"
+            )
+        if processing_resolution % self.vae_scale_factor:
+            raise ValueError(f"processing_resolution must be a multiple of {self.vae_scale_factor}")
+        for name, method in (
+            ("resample_method_input", resample_method_input),
+            ("resample_method_output", resample_method_output),
+        ):
+            if method not in RESAMPLE_METHODS:
+                raise ValueError(f"{name}={method!r} must be one of {RESAMPLE_METHODS}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be a positive int")
+        if output_type not in ("np", "pt"):
+            raise ValueError(f"output_type={output_type!r} must be 'np' or 'pt'")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError("generator must be a single torch.Generator")
+        count, size = self.image_processor.describe(image, "image")
+        if next_image is not None:
+            next_count, next_size = self.image_processor.describe(next_image, "next_image")
+            if (next_count, next_size) != (count, size):
+                raise ValueError(
+                    f"next_image ({next_count} image(s) of size {next_size}) must match image "
+                    f"({count} image(s) of size {size})"
+                )
+        return count
+
+    # -- inference ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: ImageInput,
+        next_image: ImageInput | None = None,
+        tasks: str | Sequence[str] | None = None,
+        processing_resolution: int | None = None,
+        match_input_resolution: bool = True,
+        resample_method_input: str = "bilinear",
+        resample_method_output: str = "bilinear",
+        batch_size: int = 1,
+        output_type: str = "np",
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ) -> StableMTLOutput | tuple:
+        """Predict ``tasks`` for each image (and its next frame, for flow tasks).
+
+        Args:
+            image: PIL image, numpy ``(H, W[, C])``/``(N, H, W, C)``, torch ``([C,] H, W)``/``(N, C, H, W)``,
+                or a list of those (equal sizes). Floats in [0, 1], uint8/uint16 scaled; grey and RGBA
+                converted to RGB.
+            next_image: the following frames, same count and size; used by the flow tasks. Without it a flow
+                task sees the frame twice (spec's "duplicate" fallback) and a warning is logged.
+            tasks: task names (default: every task the model knows).
+            processing_resolution: longer edge for processing, a multiple of 8 (0: native size; default: the
+                config's ``default_processing_resolution``). Sizes are padded to the latent grid.
+            match_input_resolution: resize predictions back to the input size (else the processing size).
+            resample_method_input / resample_method_output: interpolation for the resizes (class ids always
+                use nearest).
+            batch_size: images per UNet call; each call holds ``batch_size * len(tasks)`` samples.
+            output_type: ``"np"`` (``(N, H, W, C)`` arrays) or ``"pt"`` (``(N, C, H, W)`` tensors).
+            generator: only used with ``input_noise="random"``.
+            return_dict: return a ``StableMTLOutput`` (else a tuple of predictions in ``tasks`` order).
+        """
+        # 0. Resolve defaults.
+        tasks = check_tasks(self.tasks if tasks is None else tasks)
+        if processing_resolution is None:
+            processing_resolution = self.config.default_processing_resolution
+
+        # 1. Check inputs.
+        num_images = self.check_inputs(
+            image, next_image, tasks, processing_resolution, resample_method_input, resample_method_output,
+            batch_size, output_type, generator,
+        )  # fmt: skip
+        pair_tasks = [get_task(t).needs_pair for t in tasks]
+        if any(pair_tasks) and next_image is None:
+            logger.warning(
+                "tasks %s need a frame pair but next_image is None: each frame is used twice (the spec's "
+                "'duplicate' fallback); expect weak flow predictions",
+                [t for t, pair in zip(tasks, pair_tasks) if pair],
+            )
+        use_pair = next_image is not None and any(pair_tasks)
+        device, dtype = self._execution_device, self.unet.dtype
+
+        # 2. Load and prepare images: [N,3,H,W] in [0,1] -> [N,3,PPH,PPW] in [-1,1].
+        frames = self.image_processor.load_images(image, "image")  # [N,3,H,W]
+        original_size = tuple(frames.shape[-2:])
+        frames, padding = self.image_processor.prepare(
+            frames, processing_resolution, resample_method_input, device, self.vae.dtype
+        )  # [N,3,PPH,PPW]
+        next_frames = None
+        if use_pair:
+            next_frames = self.image_processor.load_images(next_image, "next_image")
+            next_frames, _ = self.image_processor.prepare(
+                next_frames, processing_resolution, resample_method_input, device, self.vae.dtype
+            )  # [N,3,PPH,PPW]
+
+        # 3. Task conditioning, shared by every batch: [T,L,D] and a [T,L] mask when prompt lengths differ.
+        condition, condition_mask = self.task_embeddings.batch(tasks, device=device, dtype=dtype)
+        pair_mask = torch.tensor(pair_tasks, device=device)  # [T]
+
+        # 4. Predict batch by batch: one VAE encode of all frames, one UNet call for all tasks, one decode.
+        decoded = []
+        for start in self.progress_bar(range(0, num_images, batch_size)):
+            batch = frames[start : start + batch_size]  # [B,3,PPH,PPW]
+            count = batch.shape[0]
+            if next_frames is not None:
+                batch = torch.cat([batch, next_frames[start : start + batch_size]])  # [2B,3,PPH,PPW]
+            latents = self.encode_images(batch).to(dtype)  # [B or 2B,4,h,w]
+            first, second = latents[:count], latents[count:] if next_frames is not None else latents
+            x0 = self.predict_latents(
+                first, second, condition, condition_mask, pair_mask, generator
+            )  # [B*T,4,h,w]
+            image3 = self.decode_latents(x0)  # [B*T,3,PPH,PPW] float32
+            decoded.append(image3.unflatten(0, (count, len(tasks))))  # [B,T,3,PPH,PPW]
+        image3 = torch.cat(decoded)  # [N,T,3,PPH,PPW]
+
+        # 5. Remove padding, decode each task's prediction, resize to the input size.
+        target_size = original_size if match_input_resolution else None
+        predictions = {}
+        for index, task in enumerate(tasks):
+            task_image3 = self.image_processor.unpad_image(image3[:, index], padding)  # [N,3,PH,PW]
+            prediction = self.decode_prediction(task, task_image3, target_size, resample_method_output)
+            if output_type == "np":
+                prediction = prediction.cpu().permute(0, 2, 3, 1).numpy()  # [N,H,W,C]
+            predictions[task] = prediction
+
+        # 6. Offload models and pack the output.
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return tuple(predictions[t] for t in tasks)
+        fields = {t: p for t, p in predictions.items() if t in StableMTLOutput.__dataclass_fields__}
+        return StableMTLOutput(**fields, predictions=predictions)
+
+    def predict(
+        self, images: torch.Tensor, next_images: torch.Tensor | None, tasks: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """Predictor contract: ``images``/``next_images`` ``(B, 3, H, W)`` in [0, 1] ->
+        ``{task: (B, C, H, W)}`` torch predictions at the input resolution, all images in one batch."""
+        if not isinstance(images, torch.Tensor) or images.ndim != 4:
+            raise ValueError("images must be a (B, 3, H, W) tensor in [0, 1]")
+        output = self(
+            images, next_image=next_images, tasks=list(tasks), batch_size=images.shape[0], output_type="pt"
+        )
+        return output.predictions
+
+    # -- steps ----------------------------------------------------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` in [-1, 1] -> scaled posterior-mean latents ``(N, 4, H/8, W/8)`` (spec §1.1)."""
+        posterior = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        return posterior.mode() * self.vae.config.scaling_factor
+
+    def predict_latents(
+        self,
+        first: torch.Tensor,
+        second: torch.Tensor,
+        condition: torch.Tensor,
+        condition_mask: torch.Tensor | None,
+        pair_mask: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """One UNet call for every (image, task): ``[B,4,h,w]`` latents of both frames, ``[T,L,D]`` task
+        tokens -> x0 latents ``[B*T,4,h,w]`` ordered image-major (all tasks of image 0, then image 1, ...).
+        Tasks with ``pair_mask`` False see the first frame twice."""
+        count, tasks = first.shape[0], condition.shape[0]
+        z1 = first.repeat_interleave(tasks, dim=0)  # [B*T,4,h,w]
+        z2 = torch.where(pair_mask.repeat(count)[:, None, None, None], second.repeat_interleave(tasks, 0), z1)
+        if self.config.input_noise == "random":
+            target = randn_tensor(z1.shape, generator=generator, device=z1.device, dtype=z1.dtype)
+        else:
+            target = torch.zeros_like(z1)  # [B*T,4,h,w]
+        sample = torch.cat([z1, z2, target], dim=1)  # [B*T,12,h,w]
+        hidden = condition.repeat(count, 1, 1)  # [B*T,L,D]
+        mask = None if condition_mask is None else condition_mask.repeat(count, 1)  # [B*T,L]
+        timestep = torch.full(
+            (sample.shape[0],), self.config.timestep, device=sample.device, dtype=torch.long
+        )
+        return self.unet(
+            sample, timestep, encoder_hidden_states=hidden, encoder_attention_mask=mask, return_dict=False
+        )[0]
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """x0 latents ``[N,4,h,w]`` -> images ``[N,3,8h,8w]`` float32, about [-1, 1].
+
+        A float16 VAE marked ``force_upcast`` decodes in float32 (SD's VAE overflows in half precision)."""
+        upcast = self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
+        vae_dtype = self.vae.dtype
+        if upcast:
+            self.vae.to(torch.float32)
+        try:
+            scaled = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+            return self.vae.decode(scaled, return_dict=False)[0].float()
+        finally:
+            if upcast:
+                self.vae.to(vae_dtype)
+
+    def decode_prediction(
+        self, task: str, image3: torch.Tensor, size: tuple[int, int] | None, resample_method: str
+    ) -> torch.Tensor:
+        """``image3 [N,3,h,w]`` -> the task's prediction, resized to ``size`` when given. Float outputs are
+        decoded from the resized image (so unit normals stay unit); class ids are resized by nearest."""
+        decoder = get_task(task)
+        prediction = decoder.decode(image3)
+        if size is None or tuple(prediction.shape[-2:]) == tuple(size):
+            return prediction
+        if prediction.is_floating_point():
+            resized = self.image_processor.resize_antialias(image3, size, resample_method, is_aa=False)
+            return decoder.decode(resized)
+        resized = self.image_processor.resize_antialias(
+            prediction.float(), size, "nearest-exact", is_aa=False
+        )
+        return resized.to(prediction.dtype)
+
+    # -- construction and persistence -----------------------------------------------------------------------
+    @classmethod
+    def from_base(
+        cls,
+        base: str | os.PathLike,
+        tasks: str | Sequence[str] | None = None,
+        prompts: Mapping[str, str] | None = None,
+        keep_text_encoder: bool = False,
+        torch_dtype: torch.dtype | None = None,
+        **load_kwargs: Any,
+    ) -> StableMTLPipeline:
+        """A fresh stage-1 pipeline from a Stable Diffusion base (a folder or a Hub id).
+
+        Loads unet, vae, text encoder, tokenizer and scheduler; widens ``conv_in`` to 3x the latent channels
+        (tiled, scaled 1/3); computes the task tokens of ``tasks`` (default: every registered task) from their
+        prompts; sets the scheduler to x0 (``"sample"``) prediction. The text encoder and tokenizer are kept
+        only with ``keep_text_encoder`` (they are needed to add tasks later, never for inference).
+        ``load_kwargs`` (``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``variant``) go to
+        every ``from_pretrained``.
+        """
+        tasks = check_tasks(task_names() if tasks is None else tasks)
+        dtype_kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", **dtype_kwargs, **load_kwargs)
+        vae = AutoencoderKL.from_pretrained(base, subfolder="vae", **dtype_kwargs, **load_kwargs)
+        hub_kwargs = {k: v for k, v in load_kwargs.items() if k != "variant"}
+        text_encoder = CLIPTextModel.from_pretrained(
+            base, subfolder="text_encoder", **dtype_kwargs, **load_kwargs
+        )
+        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **hub_kwargs)
+        scheduler_config = DDIMScheduler.load_config(base, subfolder="scheduler", **hub_kwargs)
+        scheduler = DDIMScheduler.from_config(scheduler_config, prediction_type="sample")
+        widen_conv_in(unet, 3 * vae.config.latent_channels)
+        prompts = {t: (prompts or {}).get(t, get_task(t).prompt) for t in tasks}
+        embeddings = TaskEmbeddings.compute(text_encoder.eval(), tokenizer, prompts)
+        return cls(
+            unet=unet,
+            vae=vae,
+            scheduler=scheduler,
+            text_encoder=text_encoder if keep_text_encoder else None,
+            tokenizer=tokenizer if keep_text_encoder else None,
+            task_embeddings=embeddings,
+            training_info={"base_model": str(base)},
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
+    ) -> StableMTLPipeline:
+        """Load a saved pipeline (folder or Hub id) with its task tokens (``task_embeddings.safetensors``)."""
+        hub_kwargs = {
+            k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs
+        }
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if pipe._task_embeddings is None:
+            pipe._task_embeddings = TaskEmbeddings.load(pretrained_model_name_or_path, **hub_kwargs)
+        return pipe
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        push_to_hub: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Write the pipeline folder atomically: diffusers components (safetensors), ``model_index.json``, the
+        task tokens, this pipeline's source file (for ``custom_pipeline``) and a model card (README.md).
+        With ``push_to_hub``, upload it to ``repo_id`` (default: the folder name)."""
+        if not safe_serialization:
+            raise ValueError("safe_serialization=False is not supported: stablemtl writes safetensors only")
+        save_directory = Path(save_directory)
+        hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "token", "private", "commit_message", "create_pr")
+                      if k in kwargs}  # fmt: skip
+        with _atomic_directory(save_directory) as tmp:
+            super().save_pretrained(tmp, safe_serialization=True, variant=variant, **kwargs)
+            self.task_embeddings.save(tmp)
+            shutil.copyfile(Path(__file__), tmp / PIPELINE_FILE)
+            card = make_model_card(
+                self.tasks,
+                self.task_embeddings.prompts,
+                self.config.training_info,
+                repo_id=hub_kwargs.get("repo_id"),
+                pipeline_class=type(self).__name__,
+            )
+            card.save(tmp / "README.md")
+        if push_to_hub:
+            repo_id = hub_kwargs.pop("repo_id", save_directory.name)
+            push_folder_to_hub(save_directory, repo_id, **hub_kwargs)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        variant: str | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Save to a temporary folder (with the generated model card) and upload it to ``repo_id``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "pipeline"
+            self.save_pretrained(folder, variant=variant, repo_id=repo_id)
+            return push_folder_to_hub(folder, repo_id, token, private, commit_message, create_pr)
+
+
+@contextmanager
+def _atomic_directory(target: Path):
+    """Yield a temporary sibling of ``target``; on success it replaces ``target`` (never half-written)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    old = target.parent / f".{target.name}.old"
+    if old.exists():  # left by an interrupted save: keep whichever copy is the complete one
+        if target.exists():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, target)
+    try:
+        yield tmp
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        if old.exists() and target.exists():  # never delete the only complete copy
+            shutil.rmtree(old)
