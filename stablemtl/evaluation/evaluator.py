@@ -1,0 +1,276 @@
+"""The one evaluator: scores any ``Predictor`` on an iterable of ``Sample`` dicts.
+
+A Predictor is anything with ``predict(images (B, 3, H, W) in [0, 1], next_images (B, 3, H, W) or
+None, tasks: list[str]) -> {task: prediction (B, C, H, W)}`` (prediction formats: see
+``stablemtl.tasks``). The evaluator knows nothing else about the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from tqdm.auto import tqdm
+
+from stablemtl.evaluation.config import EvalConfig
+from stablemtl.evaluation.registry import build_metric
+from stablemtl.evaluation.versions import package_versions, utc_timestamp
+from stablemtl.tasks import check_tasks, get_task
+
+logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What the evaluator needs from a model (pipelines and baselines implement it)."""
+
+    def predict(
+        self, images: torch.Tensor, next_images: torch.Tensor | None, tasks: list[str]
+    ) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass
+class VisualSample:
+    """One sample kept for the prediction grids: its input, labels and every model's predictions.
+
+    ``predictions[model][task]`` is the unbatched ``(C, H, W)`` prediction at the input resolution.
+    """
+
+    image: torch.Tensor
+    source: str
+    labels: dict[str, torch.Tensor]
+    valid: dict[str, torch.Tensor]
+    predictions: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+
+@dataclass
+class Evaluation:
+    """Result of ``evaluate_models``: one report dict per model (in the order given) and the visuals."""
+
+    reports: dict[str, dict[str, Any]]
+    visuals: list[VisualSample]
+
+
+def evaluate(
+    predictor: Predictor,
+    samples: Iterable[Mapping[str, Any]],
+    tasks: Sequence[str] | None = None,
+    *,
+    batch_size: int = 4,
+    progress: bool = True,
+    config: EvalConfig | None = None,
+    name: str = "model",
+) -> dict[str, Any]:
+    """Score one predictor on ``samples``; returns its report dict (see ``evaluate_models``)."""
+    result = evaluate_models(
+        {name: predictor}, samples, tasks, batch_size=batch_size, progress=progress, config=config
+    )
+    return result.reports[name]
+
+
+def evaluate_models(
+    predictors: Mapping[str, Predictor],
+    samples: Iterable[Mapping[str, Any]],
+    tasks: Sequence[str] | None = None,
+    *,
+    batch_size: int = 4,
+    progress: bool = True,
+    config: EvalConfig | Mapping[str, EvalConfig] | None = None,
+    num_visuals: int = 0,
+    seed: int | None = 0,
+) -> Evaluation:
+    """Score several predictors in one pass over ``samples``.
+
+    Args:
+        predictors: ``{model name: predictor}``. A predictor with a ``tasks`` attribute (list of task
+            names) is only asked for those tasks.
+        samples: Sample dicts (``image`` (3, H, W) in [0, 1], optional ``next_image``, ``source``,
+            ``labels``/``valid`` per labelled task). Only labelled tasks are scored; flow tasks need
+            ``next_image``.
+        tasks: tasks to score (default: every task labelled in the data).
+        batch_size: consecutive samples of equal image size (and pairing) are predicted together;
+            ``predict`` is called once per batch with every needed task.
+        progress: show a tqdm progress bar.
+        config: metric settings, one for all models or one per model name.
+        num_visuals: keep the first N samples with every model's predictions for the grids.
+        seed: global torch seed set once before the first batch, inside a forked RNG state (the
+            caller's RNG is untouched), so stochastic predictors are repeatable; None: RNG left alone.
+    Returns:
+        ``Evaluation`` with a report per model: ``{"name", "tasks": {task: {"metrics", "num_images",
+        "primary_metric", "higher_is_better", "metric_config"}}, "config", "data", "versions",
+        "timestamp", "elapsed_seconds", "predict_seconds"}``.
+    """
+    if not predictors:
+        raise ValueError("predictors is empty: pass {name: predictor}")
+    for name, predictor in predictors.items():
+        if not callable(getattr(predictor, "predict", None)):
+            raise ValueError(f"predictor {name!r} has no predict(images, next_images, tasks) method")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    wanted = check_tasks(tasks) if tasks is not None else None
+    configs = _configs_per_model(predictors, config)
+    metrics: dict[str, dict[str, Any]] = {name: {} for name in predictors}
+    predict_seconds = dict.fromkeys(predictors, 0.0)
+    visuals: list[VisualSample] = []
+    sources: Counter[str] = Counter()
+    num_samples = 0
+    start = time.perf_counter()
+    total = len(samples) if hasattr(samples, "__len__") else None  # type: ignore[arg-type]
+    bar = tqdm(total=total, desc="evaluate", unit="img", disable=not progress)
+    with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        if seed is not None:
+            torch.manual_seed(seed)
+        for batch in _batches(samples, batch_size):
+            kept = [i for i in range(len(batch)) if num_samples + i < num_visuals]
+            visuals.extend(_visual(batch[i]) for i in kept)
+            for name, predictor in predictors.items():
+                batch_tasks = _tasks_for_batch(batch, wanted, _supported_tasks(predictor))
+                if not batch_tasks:
+                    continue
+                tic = time.perf_counter()
+                predictions = _predict(name, predictor, batch, batch_tasks)
+                predict_seconds[name] += time.perf_counter() - tic
+                _score(batch, predictions, metrics[name], configs[name])
+                for i in kept:
+                    visuals[num_samples + i].predictions[name] = {t: p[i] for t, p in predictions.items()}
+            num_samples += len(batch)
+            sources.update(str(s.get("source", "unknown")) for s in batch)
+            bar.update(len(batch))
+    bar.close()
+    elapsed = time.perf_counter() - start
+    if num_samples == 0:
+        raise ValueError("samples is empty: nothing to evaluate")
+    data = {"num_samples": num_samples, "sources": dict(sources)}
+    reports = {
+        name: _report(
+            name, metrics[name], configs[name], (batch_size, seed), data, elapsed, predict_seconds[name]
+        )
+        for name in predictors
+    }
+    return Evaluation(reports=reports, visuals=visuals)
+
+
+# --------------------------------------------------------------------------------------------------
+def _configs_per_model(predictors, config) -> dict[str, EvalConfig]:
+    if config is None or isinstance(config, EvalConfig):
+        return dict.fromkeys(predictors, config or EvalConfig())
+    unknown = set(config) - set(predictors)
+    if unknown:
+        raise ValueError(f"config names unknown models {sorted(unknown)}; models: {list(predictors)}")
+    return {name: config.get(name, EvalConfig()) for name in predictors}
+
+
+def _supported_tasks(predictor) -> set[str] | None:
+    supported = getattr(predictor, "tasks", None)
+    if isinstance(supported, (list, tuple, set, frozenset)) and all(isinstance(t, str) for t in supported):
+        return set(supported)
+    return None
+
+
+def _batches(samples: Iterable[Mapping[str, Any]], batch_size: int) -> Iterator[list[Mapping[str, Any]]]:
+    """Group consecutive samples of equal image size and pairing, at most ``batch_size`` each."""
+    batch: list[Mapping[str, Any]] = []
+    key = None
+    for sample in samples:
+        image = sample.get("image") if isinstance(sample, Mapping) else None
+        if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError("every sample must be a dict with 'image' of shape (3, H, W)")
+        sample_key = (tuple(image.shape), sample.get("next_image") is not None)
+        if batch and (sample_key != key or len(batch) == batch_size):
+            yield batch
+            batch = []
+        batch.append(sample)
+        key = sample_key
+    if batch:
+        yield batch
+
+
+def _tasks_for_batch(batch, wanted: list[str] | None, supported: set[str] | None) -> list[str]:
+    labelled: list[str] = []
+    for sample in batch:
+        for task_name in sample.get("labels", {}):
+            if task_name not in labelled:
+                labelled.append(task_name)
+    has_pair = batch[0].get("next_image") is not None
+    selected = []
+    for task_name in labelled if wanted is None else [t for t in wanted if t in labelled]:
+        if supported is not None and task_name not in supported:
+            continue
+        if get_task(task_name).needs_pair and not has_pair:
+            logger.warning("skipping %s on samples without next_image", task_name)
+            continue
+        selected.append(task_name)
+    return selected
+
+
+def _predict(name: str, predictor, batch, tasks: list[str]) -> dict[str, torch.Tensor]:
+    images = torch.stack([s["image"] for s in batch]).float()
+    pairs = [s.get("next_image") for s in batch]
+    next_images = torch.stack(pairs).float() if pairs[0] is not None else None
+    out = predictor.predict(images, next_images, list(tasks))
+    predictions = {}
+    for task_name in tasks:
+        if task_name not in out:
+            raise ValueError(f"predictor {name!r} returned no prediction for task {task_name!r}")
+        pred = out[task_name]
+        pred = torch.as_tensor(pred).detach().cpu()
+        if pred.dim() != 4 or pred.shape[0] != len(batch):
+            raise ValueError(
+                f"predictor {name!r} returned {task_name} of shape {tuple(pred.shape)}; "
+                f"expected (B={len(batch)}, C, H, W)"
+            )
+        predictions[task_name] = pred
+    return predictions
+
+
+def _score(batch, predictions: dict[str, torch.Tensor], metrics: dict[str, Any], config: EvalConfig) -> None:
+    for task_name, pred in predictions.items():
+        for i, sample in enumerate(batch):
+            if task_name not in sample.get("labels", {}):
+                continue
+            if task_name not in metrics:
+                metrics[task_name] = build_metric(task_name, config)
+            label = sample["labels"][task_name]
+            valid = sample.get("valid", {}).get(task_name)
+            if valid is None:
+                valid = torch.ones(label.shape[-2:], dtype=torch.bool)
+            metrics[task_name].update(pred[i : i + 1], label.unsqueeze(0), valid.unsqueeze(0))
+
+
+def _visual(sample: Mapping[str, Any]) -> VisualSample:
+    labels = dict(sample.get("labels", {}))
+    masks = sample.get("valid", {})
+    valid = {t: masks.get(t, torch.ones(v.shape[-2:], dtype=torch.bool)) for t, v in labels.items()}
+    source = str(sample.get("source", "unknown"))
+    return VisualSample(image=sample["image"], source=source, labels=labels, valid=valid)
+
+
+def _report(name, metrics, config, run, data, elapsed, predict_seconds) -> dict[str, Any]:
+    tasks = {}
+    for task_name, metric in metrics.items():
+        count = int(metric.num_images)
+        if count == 0:
+            continue
+        task = get_task(task_name)
+        tasks[task_name] = {
+            "metrics": metric.results(),
+            "num_images": count,
+            "primary_metric": task.primary_metric,
+            "higher_is_better": task.higher_is_better,
+            "metric_config": metric.config(),
+        }
+    return {
+        "name": name,
+        "tasks": tasks,
+        "config": {**config.to_dict(), "batch_size": run[0], "seed": run[1]},
+        "data": data,
+        "versions": package_versions(),
+        "timestamp": utc_timestamp(),
+        "elapsed_seconds": round(elapsed, 3),
+        "predict_seconds": round(predict_seconds, 3),
+    }

@@ -1,0 +1,120 @@
+"""Reading reports back: load metrics.json files, merge them, and build a Δm reference from them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from stablemtl.evaluation.delta import delta_m, relative_gains
+
+logger = logging.getLogger(__name__)
+
+REPORT_FORMAT = "stablemtl-eval/1"
+
+
+def load_reports(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The model reports in one ``metrics.json`` (a multi-model file or a single report dict)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"report file {os.fspath(path)!r} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"report file {os.fspath(path)!r} is not valid JSON: {err}") from None
+    if isinstance(data, dict) and isinstance(data.get("models"), list):
+        reports = data["models"]
+    elif isinstance(data, dict) and isinstance(data.get("tasks"), dict):
+        reports = [data]
+    else:
+        raise ValueError(f"{os.fspath(path)!r} is not a stablemtl-eval metrics.json (no 'models' or 'tasks')")
+    return [_restore_nan(r) for r in reports]
+
+
+def merge_reports(reports: Sequence[Mapping[str, Any] | str | os.PathLike]) -> list[dict[str, Any]]:
+    """Concatenate model reports given as dicts or metrics.json paths, in order.
+
+    A repeated model name gets a suffix (``name#2``) so that every row of the merged report is kept.
+    """
+    merged: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for item in reports:
+        loaded = load_reports(item) if isinstance(item, (str, os.PathLike)) else [dict(item)]
+        for report in loaded:
+            name = str(report.get("name", "model"))
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] > 1:
+                logger.warning("model name %r repeats; renaming it to %s#%d", name, name, seen[name])
+                report = {**report, "name": f"{name}#{seen[name]}"}
+            merged.append(report)
+    return merged
+
+
+def primary_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+    """``{task: value of its primary metric}`` for every task the report scores."""
+    out = {}
+    for task_name, entry in report.get("tasks", {}).items():
+        value = entry["metrics"].get(entry["primary_metric"])
+        if value is not None and math.isfinite(float(value)):
+            out[task_name] = float(value)
+    return out
+
+
+def build_reference(reports: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A Δm reference ``{task: {"value", "metric", "model"}}`` from earlier model reports.
+
+    For each task, the report that scores the fewest tasks wins (so single-task models are the
+    reference by default); ties go to the earlier report.
+    """
+    reference: dict[str, dict[str, Any]] = {}
+    ranked = sorted(enumerate(reports), key=lambda item: (len(item[1].get("tasks", {})), item[0]))
+    for _, report in ranked:
+        for task_name, value in primary_metrics(report).items():
+            if task_name not in reference:
+                metric = report["tasks"][task_name]["primary_metric"]
+                model = report.get("name", "model")
+                reference[task_name] = {"value": value, "metric": metric, "model": model}
+    if not reference:
+        raise ValueError("the reference reports score no task")
+    return reference
+
+
+def delta_m_table(
+    reports: Sequence[Mapping[str, Any]], reference: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Δm of each report against ``reference``: ``{model: {"delta_m", "tasks", "per_task"}}``.
+
+    Only tasks scored by both, with the same primary metric, count. A model sharing no task with the
+    reference gets ``delta_m = None``.
+    """
+    out = {}
+    for report in reports:
+        metrics = {
+            t: v
+            for t, v in primary_metrics(report).items()
+            if t in reference and reference[t]["metric"] == report["tasks"][t]["primary_metric"]
+        }
+        ref_values = {t: float(reference[t]["value"]) for t in metrics}
+        name = str(report.get("name", "model"))
+        if not metrics:
+            out[name] = {"delta_m": None, "tasks": [], "per_task": {}}
+            continue
+        out[name] = {
+            "delta_m": delta_m(metrics, ref_values),
+            "tasks": sorted(metrics),
+            "per_task": relative_gains(metrics, ref_values),
+        }
+    return out
+
+
+def _restore_nan(value: Any) -> Any:
+    # metrics.json stores undefined values as null (strict JSON has no NaN): read them back as NaN.
+    if isinstance(value, dict):
+        if "metrics" in value and isinstance(value["metrics"], dict):
+            metrics = {k: math.nan if v is None else v for k, v in value["metrics"].items()}
+            value = {**value, "metrics": metrics}
+        return {k: _restore_nan(v) if k != "metrics" else v for k, v in value.items()}
+    return value

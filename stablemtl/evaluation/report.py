@@ -1,0 +1,212 @@
+"""Writing reports: ``metrics.json``, ``report.md`` and the PNG figures, for one or several models."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from stablemtl.evaluation.delta import DELTA_M_FORMULA
+from stablemtl.evaluation.evaluator import VisualSample
+from stablemtl.evaluation.plots import delta_m_chart, prediction_grid, task_metrics_chart
+from stablemtl.evaluation.references import REPORT_FORMAT, delta_m_table
+from stablemtl.evaluation.versions import package_versions, utc_timestamp
+from stablemtl.tasks import get_task, task_names
+
+_ALIGNMENT_NOTES = {
+    "least_squares": "per-image least-squares scale and shift in depth space",
+    "least_squares_disparity": "per-image least-squares scale and shift in disparity space",
+    "per_axis_scale": "per-image, per-axis non-negative scale fitted to the ground truth (oracle)",
+    "none": "no alignment (predictions in native units)",
+}
+
+
+def write_report(
+    out_dir: str | os.PathLike,
+    reports: Sequence[Mapping[str, Any]] | Mapping[str, Mapping[str, Any]],
+    reference: Mapping[str, Mapping[str, Any]] | None = None,
+    visuals: Sequence[VisualSample] = (),
+    title: str = "stablemtl evaluation",
+) -> dict[str, Any]:
+    """Write ``metrics.json``, ``report.md`` and PNGs (``figures/``) into ``out_dir``; return the JSON dict.
+
+    Args:
+        reports: model reports (from ``evaluate``/``evaluate_models`` or ``merge_reports``), as a
+            list or ``{name: report}``.
+        reference: Δm reference from ``build_reference`` (None: no Δm column).
+        visuals: samples with predictions, one grid PNG each.
+    """
+    reports = list(reports.values()) if isinstance(reports, Mapping) else list(reports)
+    if not reports:
+        raise ValueError("reports is empty: evaluate a model first")
+    out = Path(out_dir)
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    delta = delta_m_table(reports, reference) if reference else None
+    payload = {
+        "format": REPORT_FORMAT,
+        "timestamp": utc_timestamp(),
+        "versions": package_versions(),
+        "models": reports,
+        "reference": dict(reference) if reference else None,
+        "delta_m": delta,
+    }
+    _atomic_write(out / "metrics.json", json.dumps(_json_ready(payload), indent=2, allow_nan=False))
+
+    pictures: dict[str, list[str]] = {"delta_m": [], "tasks": [], "grids": []}
+    if delta and any(d["delta_m"] is not None for d in delta.values()):
+        delta_m_chart({m: d["delta_m"] for m, d in delta.items()}, figures / "delta_m.png")
+        pictures["delta_m"].append("figures/delta_m.png")
+    for task_name in _tasks_in(reports):
+        per_model = {r["name"]: r["tasks"][task_name]["metrics"] for r in reports if task_name in r["tasks"]}
+        task_metrics_chart(task_name, per_model, figures / f"metrics_{task_name}.png")
+        pictures["tasks"].append(f"figures/metrics_{task_name}.png")
+    for i, visual in enumerate(visuals):
+        name = f"grid_{i:03d}_{_slug(visual.source)}.png"
+        prediction_grid(visual, figures / name)
+        pictures["grids"].append(f"figures/{name}")
+    _atomic_write(out / "report.md", render_markdown(reports, reference, delta, pictures, title))
+    return payload
+
+
+def render_markdown(
+    reports: Sequence[Mapping[str, Any]],
+    reference: Mapping[str, Mapping[str, Any]] | None,
+    delta: Mapping[str, Mapping[str, Any]] | None,
+    pictures: Mapping[str, Sequence[str]],
+    title: str = "stablemtl evaluation",
+) -> str:
+    """The Markdown report: summary table (models x tasks, primary metrics, Δm), settings, per-task tables."""
+    tasks = _tasks_in(reports)
+    lines = [f"# {title}", ""]
+    lines += [f"Generated {utc_timestamp()} by stablemtl-eval.", ""]
+    lines += ["## Summary: primary metric per task", ""]
+    header = ["model"] + [f"{t} {get_task(t).primary_metric} {_arrow(t)}" for t in tasks]
+    if delta is not None:
+        header.append("Δm % ↑")
+    lines += [_row(header), _row(["---"] * len(header))]
+    if reference:
+        ref_cells = [_fmt(reference[t]["value"]) if t in reference else "–" for t in tasks]
+        lines.append(_row(["*reference*", *ref_cells] + (["0 (by definition)"] if delta is not None else [])))
+    for report in reports:
+        cells = [report["name"]]
+        for t in tasks:
+            entry = report["tasks"].get(t)
+            cells.append(_fmt(entry["metrics"].get(entry["primary_metric"])) if entry else "–")
+        if delta is not None:
+            value = delta[report["name"]]["delta_m"]
+            cells.append("–" if value is None else f"{value:+.2f}")
+        lines.append(_row(cells))
+    lines.append("")
+    if reference:
+        sources = ", ".join(f"{t}: {r['model']}" for t, r in reference.items())
+        lines += [f"Reference per task: {sources}.", ""]
+        lines += [
+            "Δm (multi-task performance, the MTL-PSL / HiTT formula) over the T tasks scored by both the",
+            "model and the reference, M = the task's primary metric; positive is better than the reference:",
+            "",
+            "```",
+            DELTA_M_FORMULA,
+            "```",
+            "",
+        ]
+    lines += ["## Settings", ""]
+    lines += _settings(reports)
+    lines += ["## Per-task metrics", ""]
+    for t in tasks:
+        lines += [f"### {t}", ""]
+        names: list[str] = []
+        for report in reports:
+            if t in report["tasks"]:
+                names += [m for m in report["tasks"][t]["metrics"] if m not in names]
+        lines += [_row(["model", "images", *names]), _row(["---"] * (len(names) + 2))]
+        for report in reports:
+            entry = report["tasks"].get(t)
+            if entry:
+                values = [_fmt(entry["metrics"].get(m)) for m in names]
+                lines.append(_row([report["name"], str(entry["num_images"]), *values]))
+        lines.append("")
+    if any(pictures.values()):
+        lines += ["## Figures", ""]
+        for path in [*pictures.get("delta_m", []), *pictures.get("tasks", []), *pictures.get("grids", [])]:
+            lines += [f"![{Path(path).stem}]({path})", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+def _settings(reports) -> list[str]:
+    lines = []
+    for report in reports:
+        cfg = report.get("config", {})
+        data = report.get("data", {})
+
+        def note(key: str, cfg=cfg) -> str:
+            return _ALIGNMENT_NOTES.get(cfg.get(key), str(cfg.get(key)))
+
+        sources = ", ".join(f"{k}: {v}" for k, v in data.get("sources", {}).items())
+        lines.append(
+            f"- **{report['name']}**: {data.get('num_samples', '?')} samples ({sources}); "
+            f"depth alignment: {note('depth_alignment')}; optical flow: {note('flow_alignment')}; "
+            f"scene flow: {note('scene_flow_alignment')}; "
+            f"predict time {report.get('predict_seconds', '?')} s of {report.get('elapsed_seconds', '?')} s."
+        )
+    lines += [
+        "",
+        "Metrics are computed at the label's resolution (predictions resized bilinear; class ids nearest).",
+        "Depth: errors per image, averaged over images. Normal, flows: pixels pooled over the data set.",
+        "Semantic: one confusion matrix over the data set. Albedo/shading: per image, averaged over images.",
+        "Scene-flow accuracies use the standard OR rules unless a column says `official_and`.",
+        "",
+    ]
+    return lines
+
+
+def _tasks_in(reports) -> list[str]:
+    order = {name: i for i, name in enumerate(task_names())}
+    found = {t for r in reports for t in r.get("tasks", {})}
+    return sorted(found, key=lambda t: (order.get(t, len(order)), t))
+
+
+def _arrow(task_name: str) -> str:
+    return "↑" if get_task(task_name).higher_is_better else "↓"
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{float(value):.4g}"
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "sample"
+
+
+def _json_ready(value):
+    if isinstance(value, float):
+        return None if not math.isfinite(value) else value
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
