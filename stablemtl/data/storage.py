@@ -1,0 +1,103 @@
+"""Samples <-> rows of a Hugging Face ``datasets`` table (Arrow on disk).
+
+Columns: ``image`` / ``next_image`` (``Image``; ``next_image`` is None for single frames), ``source``
+(profile name), ``index`` (row id of the generator), ``tasks`` (labelled task names of the row),
+``intrinsics`` (3x3 float32) and, per labelled task, ``label_<task>`` (``Array3D`` (C, H, W), float32,
+uint8 for semantic) and ``valid_<task>`` (``Array2D`` (H, W) bool).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from datasets import Array2D, Array3D, Features, Image, Sequence, Value
+from PIL import Image as PILImage
+
+from stablemtl.tasks import get_task
+
+LABEL_PREFIX, VALID_PREFIX = "label_", "valid_"
+
+
+def label_dtype(task: str) -> str:
+    return "uint8" if task == "semantic" else "float32"
+
+
+def features_for(tasks, height: int, width: int) -> Features:
+    """The ``Features`` of a table whose rows label (a subset of) ``tasks`` at ``height x width``."""
+    cols = {
+        "image": Image(),
+        "next_image": Image(),
+        "source": Value("string"),
+        "index": Value("int64"),
+        "tasks": Sequence(Value("string")),
+        "intrinsics": Array2D((3, 3), "float32"),
+    }
+    for task in tasks:
+        channels = get_task(task).label_channels
+        cols[LABEL_PREFIX + task] = Array3D((channels, height, width), label_dtype(task))
+        cols[VALID_PREFIX + task] = Array2D((height, width), "bool")
+    return Features(cols)
+
+
+def _to_pil(image: torch.Tensor) -> PILImage.Image:
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return PILImage.fromarray(array)
+
+
+def sample_to_row(sample: dict, index: int, tasks) -> dict:
+    """A Sample dict -> one row for :func:`features_for` ``(tasks, H, W)`` (absent tasks become None)."""
+    row = {
+        "image": _to_pil(sample["image"]),
+        "next_image": _to_pil(sample["next_image"]) if sample.get("next_image") is not None else None,
+        "source": sample["source"],
+        "index": int(index),
+        "tasks": [t for t in tasks if t in sample["labels"]],
+        "intrinsics": sample["intrinsics"].numpy().astype(np.float32),
+    }
+    for task in tasks:
+        label = sample["labels"].get(task)
+        row[LABEL_PREFIX + task] = None if label is None else label.numpy().astype(label_dtype(task))
+        valid = sample["valid"].get(task)
+        row[VALID_PREFIX + task] = None if valid is None else valid.numpy().astype(bool)
+    return row
+
+
+def _image(value, what: str) -> torch.Tensor:
+    try:
+        array = np.asarray(value.convert("RGB") if isinstance(value, PILImage.Image) else value)
+    except Exception as err:  # a damaged PNG surfaces here, at decode time
+        raise ValueError(f"{what}: image cannot be decoded ({err})") from err
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"{what}: expected an RGB image, got an array of shape {array.shape}")
+    return torch.from_numpy(np.array(array)).permute(2, 0, 1).float() / 255.0
+
+
+def row_to_sample(row: dict, where: str) -> dict:
+    """One row (numpy-formatted) -> Sample dict; a malformed row raises ``ValueError`` naming ``where``."""
+    try:
+        image = _image(row["image"], f"{where} column 'image'")
+        height, width = image.shape[-2:]
+        sample: dict = {"image": image, "source": str(row["source"]), "labels": {}, "valid": {}}
+        if row.get("next_image") is not None:
+            sample["next_image"] = _image(row["next_image"], f"{where} column 'next_image'")
+            if sample["next_image"].shape != image.shape:
+                raise ValueError(f"{where}: next_image shape differs from image")
+        if row.get("intrinsics") is not None:
+            sample["intrinsics"] = torch.from_numpy(np.array(row["intrinsics"], dtype=np.float32))
+        for task in [str(t) for t in row["tasks"]]:
+            task_obj = get_task(task)
+            label, valid = row.get(LABEL_PREFIX + task), row.get(VALID_PREFIX + task)
+            if label is None or valid is None:
+                raise ValueError(f"{where}: task {task!r} is listed but its label or valid column is missing")
+            label = torch.from_numpy(np.array(label))
+            label = label.long() if task == "semantic" else label.float()
+            valid = torch.from_numpy(np.array(valid)).bool()
+            if label.shape != (task_obj.label_channels, height, width) or valid.shape != (height, width):
+                raise ValueError(
+                    f"{where}: task {task!r} label {tuple(label.shape)} / valid {tuple(valid.shape)} do not "
+                    f"match a ({task_obj.label_channels}, {height}, {width}) label of the image"
+                )
+            sample["labels"][task], sample["valid"][task] = label, valid
+    except KeyError as err:
+        raise ValueError(f"{where}: column {err} is missing") from None
+    return sample

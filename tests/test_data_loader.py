@@ -1,0 +1,114 @@
+"""Augmentation keeps labels consistent with the image; loader determinism; single-task collation."""
+
+import pytest
+import torch
+
+from stablemtl.data import (
+    Augmentation,
+    augment_sample,
+    collate_task_batch,
+    load_source,
+    make_dataset,
+    render_sample,
+)
+from stablemtl.data.augment import color_jitter
+
+ALWAYS_H = Augmentation(hflip=True, vflip=False, flip_p=1.0)
+ALWAYS_V = Augmentation(hflip=False, vflip=True, flip_p=1.0)
+
+
+def _reprojection_error(s):
+    """Max |project(depth K^-1 p + scene_flow) - (p + flow)| over valid flow pixels (pixels)."""
+    k, depth = s["intrinsics"], s["labels"]["depth"][0]
+    h, w = depth.shape
+    v, u = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
+    )
+    p = torch.stack([(u - k[0, 2]) / k[0, 0] * depth, (v - k[1, 2]) / k[1, 1] * depth, depth])
+    q = p + s["labels"]["scene_flow"]
+    proj = torch.stack([k[0, 0] * q[0] / q[2] + k[0, 2], k[1, 1] * q[1] / q[2] + k[1, 2]])
+    err = (proj - torch.stack([u, v]) - s["labels"]["optical_flow"]).abs().amax(0)
+    return err[s["valid"]["optical_flow"] & s["valid"]["depth"]].max().item()
+
+
+@pytest.mark.parametrize("aug", [ALWAYS_H, ALWAYS_V])
+def test_flips_keep_every_label_consistent(aug):
+    s = render_sample("street", seed=3, size=32)
+    f = augment_sample(s, aug, torch.Generator().manual_seed(0))
+    dim = -1 if aug.hflip else -2
+    assert torch.equal(f["image"], s["image"].flip(dim)) and torch.equal(
+        f["next_image"], s["next_image"].flip(dim)
+    )
+    assert torch.equal(f["labels"]["depth"], s["labels"]["depth"].flip(dim))
+    assert torch.equal(f["labels"]["semantic"], s["labels"]["semantic"].flip(dim))
+    axis = 0 if aug.hflip else 1  # the flipped axis: x for normals, u / x for flows
+    for task in ("normal", "optical_flow", "scene_flow"):
+        expected = s["labels"][task].flip(dim).clone()
+        expected[axis] = -expected[axis]
+        assert torch.equal(f["labels"][task], expected), task
+        assert torch.equal(f["valid"][task], s["valid"][task].flip(dim))
+    # The flipped sample is itself a valid rendering: depth, scene flow and flow still agree exactly.
+    assert _reprojection_error(s) < 2e-3 and _reprojection_error(f) < 2e-3
+    assert f["intrinsics"][0 if aug.hflip else 1, 2].item() == pytest.approx(
+        31 - s["intrinsics"][axis, 2].item()
+    )
+    assert torch.equal(s["image"], render_sample("street", seed=3, size=32)["image"])  # input untouched
+
+
+def test_normal_flip_matches_the_mirrored_camera_convention():
+    # +x is image-left: a surface seen on the left facing right has normal x < 0; mirrored, x > 0.
+    s = render_sample("indoor", seed=1, size=32, split="train")
+    f = augment_sample(s, ALWAYS_H, torch.Generator())
+    assert torch.allclose(f["labels"]["normal"][0, :, 0], -s["labels"]["normal"][0, :, -1])
+
+
+def test_color_jitter_is_joint_deterministic_and_bounded():
+    s = render_sample("flying", seed=2, size=24)
+    frames = [s["image"], s["image"].clone()]
+    a = color_jitter(frames, (0.3, 0.3, 0.3, 0.159), torch.Generator().manual_seed(5))
+    b = color_jitter(frames, (0.3, 0.3, 0.3, 0.159), torch.Generator().manual_seed(5))
+    assert torch.equal(a[0], a[1])  # one draw for both frames
+    assert torch.equal(a[0], b[0]) and not torch.allclose(a[0], s["image"], atol=1e-3)
+    assert a[0].min() >= 0 and a[0].max() <= 1
+    # Brightness alone is a single multiplicative factor within [1 - 0.4, 1 + 0.4].
+    (bright,) = color_jitter([s["image"]], (0.4, 0.0, 0.0, 0.0), torch.Generator().manual_seed(1))
+    mask = (s["image"] > 0.05) & (bright < 0.999)
+    ratio = bright[mask] / s["image"][mask]
+    assert ratio.std() < 1e-4 and 0.6 <= ratio.mean() <= 1.4
+
+
+def test_loader_augmentation_is_seeded_per_epoch(tmp_path):
+    ds = load_source(make_dataset("flying", 4, tmp_path / "f", size=16, seed=0), augment=True, seed=7)
+    assert ds.augmentation.vflip and ds.augmentation.jitter is not None  # FlyingThings3D-like (spec §3.2)
+    again = load_source(tmp_path / "f", augment=True, seed=7)
+    plain = load_source(tmp_path / "f")
+    first = [ds[i]["image"] for i in range(4)]
+    assert all(torch.equal(a, again[i]["image"]) for i, a in enumerate(first))
+    assert all(not torch.equal(a, plain[i]["image"]) for i, a in enumerate(first))
+    ds.set_epoch(1)
+    assert any(not torch.equal(a, ds[i]["image"]) for i, a in enumerate(first))
+    street = load_source(make_dataset("street", 1, tmp_path / "s", size=16), augment=True)
+    assert not street.augmentation.vflip and street.augmentation.hflip
+
+
+def test_collate_task_batch(tmp_path):
+    ds = load_source(make_dataset("street", 3, tmp_path / "s", size=16))
+    samples = [ds[i] for i in range(3)]
+    flow = collate_task_batch(samples, "optical_flow")
+    assert flow["image"].shape == (3, 3, 16, 16) and flow["next_image"].shape == (3, 3, 16, 16)
+    assert flow["label"].shape == (3, 2, 16, 16) and flow["valid"].shape == (3, 16, 16)
+    assert (
+        flow["valid"].dtype == torch.bool
+        and flow["source"] == ["street"] * 3
+        and flow["task"] == "optical_flow"
+    )
+    depth = collate_task_batch(samples, "depth")
+    assert depth["next_image"] is None and torch.equal(depth["label"][1], samples[1]["labels"]["depth"])
+    with pytest.raises(ValueError, match=r"sample 0 .* has no 'albedo' label"):
+        collate_task_batch(samples, "albedo")
+    with pytest.raises(ValueError, match="task 'flow' is unknown"):
+        collate_task_batch(samples, "flow")
+    single = dict(samples[0])
+    del single["next_image"]
+    with pytest.raises(ValueError, match="no next_image"):
+        collate_task_batch([single], "scene_flow")
