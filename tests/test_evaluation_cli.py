@@ -1,0 +1,86 @@
+import json
+
+import pytest
+from evaluation_fixtures import ConstantPredictor, OraclePredictor, make_sample
+
+import stablemtl.cli.evaluate as cli
+
+
+@pytest.fixture()
+def fake_io(monkeypatch):
+    """Replace model and data loading (other layers) with tiny predictors and samples."""
+    samples = [make_sample(i, ("depth", "semantic")) for i in range(3)]
+    loaded = {}
+
+    def load_predictor(path, device="cpu"):
+        loaded[path] = device
+        return OraclePredictor(samples) if "oracle" in path else ConstantPredictor(tasks=["depth"])
+
+    monkeypatch.setattr(cli, "load_predictor", load_predictor)
+    monkeypatch.setattr(cli, "load_samples", lambda paths, limit=None: samples[:limit])
+    return loaded
+
+
+def test_cli_evaluates_merges_and_references(tmp_path, fake_io, capsys):
+    assert (
+        cli.main(
+            ["--model", "runs/stl_depth", "--data", "d", "--out", str(tmp_path / "ref"), "--no_progress"]
+        )
+        == 0
+    )
+    ref = str(tmp_path / "ref" / "metrics.json")
+    argv = ["--model", "runs/oracle", "--name", "oracle", "--data", "d", "--limit", "2", "--batch_size", "2",
+            "--flow_alignment", "none", "--reference", ref, "--out", str(tmp_path / "eval"), "--no_progress",
+            "--num_grids", "1"]  # fmt: skip
+    assert cli.main(argv) == 0
+    data = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    oracle = data["models"][0]
+    assert oracle["name"] == "oracle" and oracle["model_path"] == "runs/oracle"
+    assert oracle["tasks"]["depth"]["num_images"] == 2
+    assert oracle["config"]["flow_alignment"] == "none"
+    assert data["reference"]["depth"]["model"] == "stl_depth"
+    assert data["delta_m"]["oracle"]["tasks"] == ["depth"]
+    assert data["delta_m"]["oracle"]["delta_m"] == pytest.approx(100.0, abs=1e-3)  # abs_rel ~0 vs constant
+    assert (tmp_path / "eval" / "figures" / "grid_000_synthetic.png").exists()
+    assert "| oracle |" in capsys.readouterr().out
+    # Merge both runs into one report without re-running anything.
+    merged = tmp_path / "merged"
+    assert (
+        cli.main(["--merge", ref, "--merge", str(tmp_path / "eval" / "metrics.json"), "--out", str(merged)])
+        == 0
+    )
+    assert [m["name"] for m in json.loads((merged / "metrics.json").read_text())["models"]] == [
+        "stl_depth",
+        "oracle",
+    ]
+
+
+def test_cli_argument_errors(tmp_path, fake_io):
+    with pytest.raises(SystemExit):
+        cli.main(["--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        cli.main(["--model", "a", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        cli.main(["--model", "a/x", "--model", "b/x", "--data", "d", "--out", str(tmp_path)])
+
+
+def test_load_predictor_rejects_a_folder_without_model_index(tmp_path):
+    with pytest.raises(ValueError, match=r"model_index\.json"):
+        cli.load_predictor(str(tmp_path))
+
+
+def test_cli_loads_a_saved_pipeline_and_scores_only_its_tasks(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from stablemtl import StableMTLPipeline
+    from stablemtl.testing import make_tiny_sd_folder
+
+    base = make_tiny_sd_folder(tmp_path / "sd")
+    StableMTLPipeline.from_base(base, tasks=["depth", "optical_flow"]).save_pretrained(tmp_path / "s1")
+    samples = [make_sample(i, ("depth", "optical_flow", "normal"), size=(32, 48)) for i in range(3)]
+    monkeypatch.setattr(cli, "load_samples", lambda paths, limit=None: samples)
+    argv = ["--model", str(tmp_path / "s1"), "--data", "d", "--out", str(tmp_path / "out"), "--no_progress"]
+    assert cli.main([*argv, "--num_grids", "1"]) == 0
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text())["models"][0]
+    assert report["name"] == "s1"
+    assert {t: e["num_images"] for t, e in report["tasks"].items()} == {"depth": 3, "optical_flow": 3}
+    assert 0.0 < report["tasks"]["depth"]["metrics"]["abs_rel"] < 10.0
