@@ -1,0 +1,110 @@
+"""Atomic, rotated ``accelerate`` checkpoints named ``checkpoint-<optimizer step>`` (as diffusers' examples).
+
+A checkpoint is written by ``accelerator.save_state`` into a hidden temporary folder and renamed into
+place only when every process has finished writing: a folder named ``checkpoint-N`` is always
+complete, so a run killed while saving resumes from the previous one. Rotation runs after the rename
+and keeps the newest ``total_limit`` complete checkpoints, so the last complete one is never deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+logger = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+_TMP_PREFIX = ".tmp-checkpoint-"
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints in ``output_dir`` as ``(step, path)``, oldest first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The complete checkpoint with the highest step, or ``None``."""
+    found = list_checkpoints(output_dir)
+    return found[-1][1] if found else None
+
+
+def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | None:
+    """Turn ``--resume_from_checkpoint`` (a folder or ``"latest"``) into a checkpoint folder or ``None``.
+
+    ``"latest"`` with no checkpoint yet starts a fresh run (as in diffusers' examples); a named
+    folder that does not exist is an error.
+    """
+    if resume is None:
+        return None
+    if resume == "latest":
+        path = latest_checkpoint(output_dir)
+        if path is None:
+            logger.info("no checkpoint in %s yet: starting a new run", output_dir)
+        return path
+    path = Path(resume)
+    if not path.is_dir():
+        path = Path(output_dir) / resume
+    if not path.is_dir() or not _NAME.match(path.name):
+        raise ValueError(f"resume_from_checkpoint {resume!r} is not a checkpoint-<step> folder (or 'latest')")
+    return path
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The optimizer step a ``checkpoint-<step>`` folder was saved at."""
+    match = _NAME.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path} is not named checkpoint-<step>")
+    return int(match.group(1))
+
+
+def remove_incomplete(output_dir: str | os.PathLike) -> None:
+    """Delete temporary folders left by a run killed while saving (main process only)."""
+    root = Path(output_dir)
+    if root.is_dir():
+        for path in root.glob(f"{_TMP_PREFIX}*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def save_checkpoint(
+    accelerator: Accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None = None
+) -> Path:
+    """Save the full training state at optimizer ``step``; call on every process. Returns the folder."""
+    root = Path(output_dir)
+    final = root / f"checkpoint-{step}"
+    tmp = root / f"{_TMP_PREFIX}{step}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():  # the same step saved again (e.g. the final step after a resume)
+            old = root / f"{_TMP_PREFIX}{step}-old"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+        _rotate(root, total_limit)
+        logger.info("saved checkpoint %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _rotate(root: Path, total_limit: int | None) -> None:
+    if total_limit is None:
+        return
+    found = list_checkpoints(root)
+    for _, path in found[: max(len(found) - total_limit, 0)]:
+        logger.info("removing old checkpoint %s (checkpoints_total_limit=%d)", path, total_limit)
+        shutil.rmtree(path)

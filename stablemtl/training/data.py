@@ -1,0 +1,109 @@
+"""From dataset folders to task-isolated micro-batches: sources, the sampler and the DataLoader.
+
+The sampler yields keys ``(task, source, index)``; :class:`KeyedSources` turns a key into
+``(task, sample)`` and :func:`collate_groups` turns a micro-batch into a list of per-task groups
+(``collate_task_batch`` outputs): one group under task isolation, several under ``joint``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+from torch.utils.data import DataLoader, Dataset
+
+from stablemtl.data import collate_task_batch, load_source
+from stablemtl.data.sampler import SourceInfo, TaskIsolatedSampler
+from stablemtl.tasks import task_names
+from stablemtl.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+class KeyedSources(Dataset):
+    """Several sources behind one map-style dataset indexed by sampler keys ``(task, source, index, epoch)``.
+
+    The epoch goes to the source's ``set_epoch`` (when it has one), whose augmentation is a pure function
+    of ``(seed, epoch, index)``: a key always gives the same sample, in any worker, after any resume.
+    """
+
+    def __init__(self, sources: Sequence[Dataset]):
+        self.sources = list(sources)
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.sources)
+
+    def __getitem__(self, key: tuple[str, int, int, int]) -> tuple[str, dict]:
+        task, source, index, epoch = key
+        dataset = self.sources[source]
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        # ``item`` applies the source's augmentation for this task (spec §3.2 augments per source and task).
+        return task, dataset.item(index, task) if hasattr(dataset, "item") else dataset[index]
+
+
+def collate_groups(items: Sequence[tuple[str, Mapping]]) -> list[dict]:
+    """Group a micro-batch by task (first-appearance order) and collate each group."""
+    by_task: dict[str, list[Mapping]] = {}
+    for task, sample in items:
+        by_task.setdefault(task, []).append(sample)
+    return [collate_task_batch(samples, task) for task, samples in by_task.items()]
+
+
+def source_info(dataset: Dataset, tasks: Sequence[str] | None = None) -> SourceInfo:
+    """The sampler's view of a loaded source: name, size, labelled tasks and, for ``tasks``, the rows
+    that label each (sources whose rows label different tasks expose ``rows_with_task``)."""
+    rows = None
+    if tasks is not None and hasattr(dataset, "rows_with_task"):
+        rows = {t: tuple(dataset.rows_with_task(t)) for t in tasks if t in dataset.tasks}
+    return SourceInfo(name=str(dataset.source), size=len(dataset), tasks=tuple(dataset.tasks), rows=rows)
+
+
+def resolve_tasks(requested: Sequence[str] | None, infos: Sequence[SourceInfo]) -> list[str]:
+    """The trained tasks: the requested ones (each must be labelled somewhere), or every labelled task."""
+    labelled = {t for info in infos for t in info.tasks}
+    if requested is None:
+        return [t for t in task_names() if t in labelled]
+    missing = [t for t in requested if t not in labelled]
+    if missing:
+        raise ValueError(
+            f"tasks {missing} are labelled by no training source; the sources label {sorted(labelled)}"
+        )
+    return list(requested)
+
+
+def build_training_data(
+    config: TrainConfig, rank: int = 0, world_size: int = 1
+) -> tuple[TaskIsolatedSampler, DataLoader, list[Dataset]]:
+    """Load ``config.train_data`` and build the sampler and a DataLoader over its micro-batches."""
+    if not config.train_data:
+        raise ValueError("train_data is empty: pass --train_data DIR [DIR ...] (one folder per source)")
+    datasets = [load_source(path, augment=config.augment, seed=config.seed) for path in config.train_data]
+    tasks = resolve_tasks(config.tasks, [source_info(d) for d in datasets])
+    infos = [source_info(d, tasks) for d in datasets]
+    sampler = TaskIsolatedSampler(
+        infos,
+        tasks,
+        batch_size=config.train_batch_size,
+        accumulation_steps=config.gradient_accumulation_steps,
+        source_weights=config.source_weights,
+        task_sampling=config.task_sampling,
+        task_grouping=config.task_grouping,
+        seed=config.seed,
+        rank=rank,
+        world_size=world_size,
+        adaptive=config.adaptive,
+    )
+    workers = config.dataloader_num_workers
+    if workers and config.task_sampling == "adaptive":
+        # Workers prefetch micro-batches before the loss that decides their task is known.
+        logger.warning("task_sampling='adaptive' reads data in the main process (dataloader_num_workers=0)")
+        workers = 0
+    loader = DataLoader(
+        KeyedSources(datasets),
+        batch_sampler=sampler,
+        collate_fn=collate_groups,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
+    return sampler, loader, datasets

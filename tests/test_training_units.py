@@ -1,0 +1,157 @@
+"""Pieces of the training loop: LR schedule, masked loss, config merging, atomic rotated checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from stablemtl.training.checkpointing import (
+    latest_checkpoint,
+    list_checkpoints,
+    remove_incomplete,
+    resolve_resume,
+    save_checkpoint,
+)
+from stablemtl.training.config import TrainConfig, load_config, parse_args
+from stablemtl.training.loss import masked_latent_mse
+from stablemtl.training.schedule import get_warmup_exponential_scheduler, warmup_exponential_factor
+
+
+# -- schedule -------------------------------------------------------------------------------------------
+def test_official_schedule_values_in_optimizer_steps():
+    f = lambda k: warmup_exponential_factor(k, 100, 25000, 0.01)  # noqa: E731
+    assert f(0) == 0.0 and f(50) == 0.5 and f(100) == 1.0
+    assert f(100 + 12450) == pytest.approx(0.1)  # half-way through the decay: sqrt(0.01)
+    assert f(25000) == pytest.approx(0.01) and f(30000) == 0.01
+    # The official stage-1 run stops at 20,000 steps: lr = 1e-4 * 0.01 ** (19900 / 24900) ~ 2.5e-6.
+    assert 1e-4 * f(20000) == pytest.approx(2.522e-6, rel=1e-3)
+    # A run shorter than its warm-up stays in the warm-up.
+    assert [warmup_exponential_factor(k, 50, 3, 0.01) for k in range(3)] == [0.0, 0.02, 0.04]
+
+
+def test_lambda_lr_follows_the_factor_per_step():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([parameter], lr=1e-3)
+    scheduler = get_warmup_exponential_scheduler(optimizer, warmup_steps=2, total_steps=6, final_ratio=0.01)
+    lrs = []
+    for _ in range(8):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    decay = [1e-3 * 0.01 ** (i / 4) for i in range(5)]
+    assert lrs == pytest.approx([0.0, 5e-4, *decay, 1e-5])
+
+
+def test_schedule_rejects_bad_lengths():
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    with pytest.raises(ValueError, match="lr_total_steps"):
+        get_warmup_exponential_scheduler(optimizer, 100, 0)
+    with pytest.raises(ValueError, match="lr_warmup_steps"):
+        get_warmup_exponential_scheduler(optimizer, -1, 10)
+    with pytest.raises(ValueError, match="lr_final_ratio"):
+        get_warmup_exponential_scheduler(optimizer, 1, 10, 0.0)
+
+
+# -- loss ------------------------------------------------------------------------------------------------
+def test_masked_latent_mse_averages_valid_cells_over_channels():
+    prediction = torch.zeros(2, 4, 2, 2)
+    target = torch.zeros(2, 4, 2, 2)
+    target[0, :, 0, 0] = 2.0  # valid cell: squared error 4 on each of 4 channels
+    target[1, :, 1, 1] = 100.0  # invalid cell: ignored
+    mask = torch.ones(2, 2, 2, dtype=torch.bool)
+    mask[1, 1, 1] = False
+    # 7 valid cells x 4 channels = 28 elements, total squared error 16.
+    assert masked_latent_mse(prediction, target, mask).item() == pytest.approx(16 / 28)
+
+
+def test_masked_latent_mse_of_an_all_invalid_batch_is_zero_with_a_zero_gradient():
+    prediction = torch.randn(1, 4, 2, 2, requires_grad=True)
+    loss = masked_latent_mse(prediction, torch.randn(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(prediction.grad, torch.zeros_like(prediction))
+
+
+def test_masked_latent_mse_checks_shapes():
+    with pytest.raises(ValueError, match="mask"):
+        masked_latent_mse(
+            torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2), torch.ones(1, 4, 4, dtype=torch.bool)
+        )
+
+
+# -- config ----------------------------------------------------------------------------------------------
+def test_flags_override_yaml_which_overrides_defaults(tmp_path):
+    yaml_path = tmp_path / "run.yaml"
+    yaml_path.write_text(
+        "learning_rate: 3e-5\ntrain_batch_size: 4\ngradient_checkpointing: true\n"
+        "source_weights: {depth: {indoor: 0.9, street: 0.1}}\ntrain_data: [a, b]\n"
+    )
+    config = parse_args(
+        [
+            "--config",
+            str(yaml_path),
+            "--train_batch_size",
+            "2",
+            "--no-gradient_checkpointing",
+            "--tasks",
+            "depth",
+        ]
+    )
+    assert config.learning_rate == 3e-5  # YAML, read as a float although YAML gives a string
+    assert config.train_batch_size == 2  # flag beats YAML
+    assert config.gradient_checkpointing is False
+    assert config.tasks == ["depth"] and config.train_data == ["a", "b"]
+    assert config.source_weights == {"depth": {"indoor": 0.9, "street": 0.1}}
+    assert config.gradient_accumulation_steps == TrainConfig().gradient_accumulation_steps == 2  # default
+
+
+def test_config_errors_name_the_setting(tmp_path):
+    with pytest.raises(ValueError, match="learnig_rate"):
+        load_config(None, learnig_rate=1.0)
+    with pytest.raises(ValueError, match="task_sampling"):
+        load_config(None, task_sampling="roundrobin")
+    with pytest.raises(ValueError, match="hub_model_id"):
+        load_config(None, push_to_hub=True)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+# -- checkpoints -----------------------------------------------------------------------------------------
+class _Counter:
+    def __init__(self):
+        self.value = 0
+
+    def state_dict(self):
+        return {"value": torch.tensor(self.value)}
+
+    def load_state_dict(self, state):
+        self.value = int(state["value"])
+
+
+def test_checkpoints_are_atomic_rotated_and_resumable(tmp_path: Path):
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    counter = _Counter()
+    accelerator.register_for_checkpointing(counter)
+    (tmp_path / ".tmp-checkpoint-9").mkdir()  # a save killed half-way: never taken for a checkpoint
+    for step in (1, 2, 3):
+        counter.value = step
+        with torch.no_grad():
+            model.weight.fill_(step)
+        save_checkpoint(accelerator, tmp_path, step, total_limit=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3]
+    assert latest_checkpoint(tmp_path).name == "checkpoint-3"
+    assert (tmp_path / "checkpoint-3" / "model.safetensors").is_file()
+    remove_incomplete(tmp_path)
+    assert not (tmp_path / ".tmp-checkpoint-9").exists()
+
+    accelerator.load_state(str(resolve_resume("checkpoint-2", tmp_path)))
+    assert counter.value == 2 and torch.all(model.weight == 2)
+    assert resolve_resume("latest", tmp_path).name == "checkpoint-3"
+    assert resolve_resume("latest", tmp_path / "empty") is None
+    with pytest.raises(ValueError, match="checkpoint-<step>"):
+        resolve_resume("checkpoint-7", tmp_path)
