@@ -112,3 +112,64 @@ def test_collate_task_batch(tmp_path):
     del single["next_image"]
     with pytest.raises(ValueError, match="no next_image"):
         collate_task_batch([single], "scene_flow")
+
+
+def _is_raw_or_mirrored(image, raw):
+    return torch.equal(image, raw) or torch.equal(image, raw.flip(-1))
+
+
+def test_loader_augments_per_source_and_task(tmp_path):
+    # Spec §3.2: vKITTI flips for every task but jitters colours only for optical flow; Hypersim only
+    # flips; FlyingThings3D flips both ways and jitters.
+    street = load_source(make_dataset("street", 3, tmp_path / "s", size=16), augment=True, seed=3)
+    plain = load_source(tmp_path / "s")
+    assert street.augmentation.jitter is None and street.task_augmentation["optical_flow"].jitter is not None
+    mirrored = 0
+    for i in range(3):
+        raw = plain[i]
+        depth = street.item(i, "depth")
+        for task in ("depth", "normal", "semantic", "scene_flow"):
+            got = street.item(i, task)
+            assert _is_raw_or_mirrored(got["image"], raw["image"]), task
+            assert _is_raw_or_mirrored(got["next_image"], raw["next_image"]), task
+        mirrored += torch.equal(depth["image"], raw["image"].flip(-1)) and not torch.equal(
+            depth["image"], raw["image"]
+        )
+        assert torch.equal(street[i]["image"], depth["image"])  # no task: the source-wide augmentation
+        flow = street.item(i, "optical_flow")
+        assert not _is_raw_or_mirrored(flow["image"], raw["image"])  # colour-jittered
+        # Same key, same flip draw: the flow sample's labels are those of the flip-only sample.
+        for task in raw["labels"]:
+            assert torch.equal(flow["labels"][task], depth["labels"][task]), task
+    assert mirrored >= 1
+    with pytest.raises(ValueError, match="task 'depht' is unknown"):
+        street.item(0, "depht")
+    # The training data path asks for the sample of the key's task.
+    from stablemtl.training.data import KeyedSources
+
+    keyed = KeyedSources([street])
+    task, flow = keyed[("optical_flow", 0, 2, 0)]
+    assert task == "optical_flow" and torch.equal(flow["image"], street.item(2, "optical_flow")["image"])
+    assert torch.equal(keyed[("depth", 0, 2, 0)][1]["image"], street.item(2, "depth")["image"])
+    indoor = load_source(make_dataset("indoor", 2, tmp_path / "i", size=16), augment=True)
+    raw = load_source(tmp_path / "i")[1]
+    for task in indoor.tasks:
+        assert _is_raw_or_mirrored(indoor.item(1, task)["image"], raw["image"]), task
+    flying = load_source(make_dataset("flying", 1, tmp_path / "f", size=16), augment=True)
+    raw = load_source(tmp_path / "f")[0]
+    for task in ("optical_flow", "scene_flow"):
+        got = flying.item(0, task)
+        assert not torch.equal(got["image"], raw["image"]) and got["image"].shape == raw["image"].shape
+    # An explicit augmentation applies to every task.
+    fixed = load_source(tmp_path / "s", augment=True, augmentation=ALWAYS_V)
+    assert fixed.task_augmentation == {}
+    assert torch.equal(fixed.item(0, "optical_flow")["image"], plain[0]["image"].flip(-2))
+
+
+def test_bad_augmentation_settings_raise():
+    with pytest.raises(ValueError, match="flip_p"):
+        Augmentation(flip_p=1.5)
+    with pytest.raises(ValueError, match="jitter"):
+        Augmentation(jitter=(0.4, 0.4, 0.2, 0.7))
+    with pytest.raises(ValueError, match="jitter"):
+        Augmentation(jitter=(0.4, -0.1, 0.2, 0.1))

@@ -146,3 +146,72 @@ def test_corrupt_rows_raise_naming_the_row(tmp_path):
     resized = {**sample_to_row(s, 4, tasks), "image": PILImage.new("RGB", (20, 20))}
     with pytest.raises(ValueError, match=r"row 0 .*do not match a \(1, 20, 20\) label"):
         load_source(_table([resized], tasks, 16, tmp_path / "t3"))[0]
+
+
+def test_concurrent_runs_on_one_folder_neither_duplicate_nor_lose_rows(tmp_path):
+    import threading
+
+    from filelock import FileLock
+
+    out, errors = tmp_path / "street", []
+
+    def run():
+        try:
+            make_dataset("street", 4, out, size=16, shard_size=1, seed=2)
+        except BaseException as err:  # re-raised below in the test thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert load_from_disk(str(out))["index"] == [0, 1, 2, 3] and not (out / "shards").exists()
+    ds = load_source(out)
+    for i in range(4):  # each row is the renderer's row i, exactly once
+        ref = render_sample("street", seed=2, size=16, split="train", index=i)
+        for task, label in ds[i]["labels"].items():
+            assert torch.equal(label, ref["labels"][task].to(label.dtype)), (i, task)
+    # While a run holds the folder, another one waits instead of writing beside it.
+    held = FileLock(str(out.parent / "held" / gen.LOCK))
+    (out.parent / "held").mkdir()
+    held.acquire()
+    done = threading.Event()
+    waiter = threading.Thread(
+        target=lambda: (make_dataset("flying", 1, out.parent / "held", size=16), done.set())
+    )
+    waiter.start()
+    assert not done.wait(0.5) and not (out.parent / "held" / gen.MANIFEST).exists()
+    held.release()
+    waiter.join(60)
+    assert done.is_set() and len(load_from_disk(str(out.parent / "held"))) == 1
+
+
+def test_in_process_rendering_keeps_the_callers_torch_threads(tmp_path):
+    before = torch.get_num_threads()
+    make_dataset("flying", 1, tmp_path / "f", size=16)
+    assert torch.get_num_threads() == before
+
+
+def test_a_damaged_shard_is_named_and_rendered_again_once_deleted(tmp_path, monkeypatch):
+    import shutil
+
+    out, real = tmp_path / "flying", gen._render_shard
+
+    def stop_at_shard_2(settings, k, start, stop):
+        if k == 2:
+            raise KeyboardInterrupt
+        return real(settings, k, start, stop)
+
+    monkeypatch.setattr(gen, "_render_shard", stop_at_shard_2)
+    with pytest.raises(KeyboardInterrupt):
+        make_dataset("flying", 3, out, size=16, shard_size=1)
+    monkeypatch.setattr(gen, "_render_shard", real)
+    arrow = next((out / "shards" / "shard-00001").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:64])
+    with pytest.raises(ValueError, match=r"shard .*shard-00001 is damaged.*delete that folder"):
+        make_dataset("flying", 3, out, size=16, shard_size=1)
+    shutil.rmtree(out / "shards" / "shard-00001")
+    make_dataset("flying", 3, out, size=16, shard_size=1)
+    assert load_from_disk(str(out))["index"] == [0, 1, 2]

@@ -238,6 +238,8 @@ def test_determinism_by_seed():
 
 
 def test_any_resolution_and_intrinsics():
+    default = render_sample("indoor", seed=0, split="train")  # the default: 128 x 128
+    assert default["image"].shape == (3, 128, 128) and default["labels"]["depth"].shape == (1, 128, 128)
     s = render_sample("flying", seed=0, size=(24, 40))
     assert s["image"].shape == (3, 24, 40) and s["labels"]["optical_flow"].shape == (2, 24, 40)
     k = s["intrinsics"]

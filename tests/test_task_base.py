@@ -73,3 +73,13 @@ def test_plain_tasks_flip_without_signs(horizontal):
         label = torch.arange(2 * task.label_channels * 12).reshape(2, task.label_channels, 3, 4).float()
         assert torch.equal(task.flip(label, horizontal), label.flip(dim))
         assert torch.equal(task.flip(task.flip(label, horizontal), horizontal), label)
+
+
+def test_encode_rejects_non_tensor_inputs_naming_the_argument():
+    for name in task_names():
+        task = get_task(name)
+        label = np.zeros((task.label_channels, 8, 8), dtype=np.float32)
+        with pytest.raises(ValueError, match=r"label must be a torch\.Tensor, got ndarray"):
+            task.encode(label, torch.ones(8, 8, dtype=torch.bool))
+        with pytest.raises(ValueError, match=r"valid must be a torch\.Tensor, got list"):
+            task.encode(torch.zeros(task.label_channels, 8, 8), [[True] * 8] * 8)

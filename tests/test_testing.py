@@ -64,3 +64,46 @@ def test_existing_folder_is_kept_unless_overwrite(tmp_path):
     assert torch.equal(
         reloaded["conv_in.weight"], tiny_sd_components(seed=1)["unet"].state_dict()["conv_in.weight"]
     )
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """HF_HUB_OFFLINE as the hub libraries see it (they read the variable at import) and no sockets."""
+    import socket
+
+    import diffusers.utils.hub_utils
+    import huggingface_hub.constants
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access in an offline test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(diffusers.utils.hub_utils, "HF_HUB_OFFLINE", True)
+
+
+def test_from_pretrained_loads_the_folder_without_any_network(tmp_path, no_network):
+    import socket
+
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    with pytest.raises(OSError, match="offline test"):
+        socket.create_connection(("huggingface.co", 443))
+    folder = make_tiny_sd_folder(tmp_path / "sd", seed=3)
+    reference = tiny_sd_components(seed=3)
+    pipe = DiffusionPipeline.from_pretrained(str(folder))
+    for name in ("unet", "vae", "text_encoder"):
+        expected = reference[name].state_dict()
+        loaded = getattr(pipe, name).state_dict()
+        assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+    assert torch.equal(vae.encoder.conv_in.weight, reference["vae"].encoder.conv_in.weight)
+    ids = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")("depth", return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = text_encoder(ids).last_hidden_state
+        expected = reference["text_encoder"](ids).last_hidden_state
+    assert torch.equal(hidden, expected)

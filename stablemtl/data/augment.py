@@ -26,6 +26,16 @@ class Augmentation:
     flip_p: float = 0.5
     jitter: tuple[float, float, float, float] | None = None
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.flip_p <= 1.0:
+            raise ValueError(f"flip_p must be a probability in [0, 1], got {self.flip_p}")
+        if self.jitter is not None:
+            if len(self.jitter) != 4 or min(self.jitter) < 0 or self.jitter[3] > 0.5:
+                raise ValueError(
+                    "jitter must be (brightness, contrast, saturation, hue) >= 0 with hue <= 0.5, "
+                    f"got {self.jitter}"
+                )
+
 
 def _factor(strength: float, generator: torch.Generator) -> float:
     return 1.0 + strength * (2 * torch.rand((), generator=generator).item() - 1)

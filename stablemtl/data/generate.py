@@ -5,6 +5,9 @@ renamed into ``<out>/shards/`` in one step, so a shard on disk is always complet
 settings skips finished shards (an interrupted run continues without duplicating or losing rows); when
 every shard exists they are concatenated in row order into ``<out>`` (``datasets.load_from_disk(out)``
 works) and the shards are removed. Row ``i`` depends only on (profile, split, shift, seed, i, size).
+
+Several runs on one folder at once (two shells, two jobs) are serialised by a file lock on the folder:
+the second waits, then finds the data set complete (or resumes what the first left unfinished).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset, concatenate_datasets, load_from_disk
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from stablemtl.data.profiles import check_split, get_profile
@@ -30,15 +34,19 @@ from stablemtl.data.synthetic.sample import render_sample
 logger = logging.getLogger(__name__)
 MANIFEST = "make_data.json"
 SHARDS = "shards"
+LOCK = ".make_data.lock"
 
 
 def _shard_name(k: int) -> str:
     return f"shard-{k:05d}"
 
 
+def _init_worker() -> None:
+    torch.set_num_threads(1)  # one thread per worker process: threads of several workers only contend
+
+
 def _render_shard(settings: dict, k: int, start: int, stop: int) -> int:
     """Render rows ``[start, stop)`` and write them atomically as shard ``k``; returns the row count."""
-    torch.set_num_threads(1)  # one thread per worker: threads of several workers only contend
     out = Path(settings["out"])
     final = out / SHARDS / _shard_name(k)
     if final.exists():
@@ -84,8 +92,9 @@ def _check_manifest(out: Path, settings: dict) -> None:
                 "or the same settings to resume"
             )
     else:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(settings, indent=2))
+        fd, tmp = tempfile.mkstemp(prefix=".make_data.", suffix=".tmp", dir=out)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(settings, indent=2))
         os.replace(tmp, path)
 
 
@@ -93,7 +102,7 @@ def make_dataset(
     profile: str,
     n: int,
     out: str | os.PathLike,
-    size: int = 64,
+    size: int = 128,
     split: str = "train",
     shift: bool = False,
     seed: int = 0,
@@ -105,8 +114,9 @@ def make_dataset(
 
     ``workers`` > 0 renders shards in that many processes (one torch thread each). Rerunning after an
     interruption resumes (with any number of workers); rerunning a finished folder with the same
-    settings returns at once; other settings raise ``ValueError``. Disk: about 0.6 MB per 128 px row
-    with every street label (labels are stored exactly, as float32).
+    settings returns at once; other settings raise ``ValueError``. A concurrent run on the same folder
+    waits for this one (file lock). ``progress`` shows a row-count bar (tqdm, on stderr). Disk: about
+    0.6 MB per 128 px row with every street label (labels are stored exactly, as float32).
     """
     prof = get_profile(profile)
     check_split(split)
@@ -117,21 +127,48 @@ def make_dataset(
     if int(workers) < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("another run is writing %s; waiting for it to finish", out)
+        lock.acquire()
+    try:
+        return _make_locked(
+            prof, int(n), out, int(size), split, bool(shift), int(seed), int(workers), shard_size, progress
+        )
+    finally:
+        lock.release()
+
+
+def _make_locked(
+    prof,
+    n: int,
+    out: Path,
+    size: int,
+    split: str,
+    shift: bool,
+    seed: int,
+    workers: int,
+    shard_size: int | None,
+    progress: bool,
+) -> Path:
+    """The body of :func:`make_dataset`, run while holding the folder's lock."""
     if shard_size is None and (out / MANIFEST).exists():
         shard_size = json.loads((out / MANIFEST).read_text()).get("shard_size")  # resume as started
     # The default depends on n only, so a run may resume with another number of workers.
-    shard_size = int(shard_size or max(1, min(64, -(-int(n) // 8))))
+    shard_size = int(shard_size or max(1, min(64, -(-n // 8))))
     settings = {
         "profile": prof.name,
-        "n": int(n),
-        "size": int(size),
+        "n": n,
+        "size": size,
         "split": split,
-        "shift": bool(shift),
-        "seed": int(seed),
+        "shift": shift,
+        "seed": seed,
         "shard_size": shard_size,
         "out": str(out),
     }
-    out.mkdir(parents=True, exist_ok=True)
     _check_manifest(out, settings)
     if (out / "state.json").exists():
         logger.info("%s is complete", out)
@@ -141,7 +178,7 @@ def make_dataset(
     todo = [job for job in jobs if not (out / SHARDS / _shard_name(job[0])).exists()]
     bar = tqdm(total=n, initial=n - sum(b - a for _, a, b in todo), disable=not progress, desc=prof.name)
     if workers > 0 and len(todo) > 1:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
             futures = [pool.submit(_render_shard, settings, *job) for job in todo]
             try:
                 for future in as_completed(futures):
@@ -162,7 +199,16 @@ def _assemble(out: Path, n_shards: int) -> None:
     """Concatenate the shards in order into ``out`` (state.json is written last: it marks completion)."""
     if (out / "state.json").exists():  # a concurrent run with the same settings finished first
         return
-    parts = [load_from_disk(str(out / SHARDS / _shard_name(k))) for k in range(n_shards)]
+    parts = []
+    for k in range(n_shards):
+        shard = out / SHARDS / _shard_name(k)
+        try:
+            parts.append(load_from_disk(str(shard)))
+        except Exception as err:  # e.g. a disk error after the atomic rename; the other shards are fine
+            raise ValueError(
+                f"shard {shard} is damaged ({type(err).__name__}: {err}); delete that folder and rerun to "
+                "render it again"
+            ) from err
     table = concatenate_datasets(parts)
     tmp = Path(tempfile.mkdtemp(prefix=".assemble-", dir=out))
     _quiet_save(table, tmp / "data")

@@ -21,8 +21,9 @@ class SourceDataset(TorchDataset):
     """A torch ``Dataset`` of Sample dicts from one source folder.
 
     Attributes: ``source`` (profile name), ``tasks`` (labelled tasks, in registry order), ``path``,
-    ``augmentation`` (None when ``augment=False``). Augmentation is a pure function of
-    ``(seed, epoch, index)``: call ``set_epoch`` each epoch for fresh draws.
+    ``augmentation`` (None when ``augment=False``) and ``task_augmentation`` (per-task overrides used
+    by ``item(index, task)``). Augmentation is a pure function of ``(seed, epoch, index)``: call
+    ``set_epoch`` each epoch for fresh draws.
     """
 
     def __init__(self, table, path: str, augmentation: Augmentation | None, seed: int, tasks=None):
@@ -49,6 +50,7 @@ class SourceDataset(TorchDataset):
             labelled = tasks
         self.tasks = labelled
         self.augmentation = augmentation
+        self.task_augmentation: dict[str, Augmentation] = {}
         self.seed = int(seed)
         self.epoch = 0
         self._task_column = None
@@ -85,13 +87,21 @@ class SourceDataset(TorchDataset):
         return sample
 
     def __getitem__(self, index: int) -> dict:
+        return self.item(index)
+
+    def item(self, index: int, task: str | None = None) -> dict:
+        """Row ``index`` augmented as a training sample of ``task`` (its ``task_augmentation`` entry, else
+        ``augmentation``); ``item(i)`` is ``self[i]``. Unaugmented when ``augmentation`` is None."""
         sample = self.raw(index)
         if self.augmentation is None:
             return sample
+        if task is not None:
+            get_task(task)
+        augmentation = self.task_augmentation.get(task, self.augmentation) if task else self.augmentation
         generator = torch.Generator().manual_seed(
             zlib.crc32(f"{self.seed}/{self.epoch}/{int(index)}/{self.source}".encode())
         )
-        return augment_sample(sample, self.augmentation, generator)
+        return augment_sample(sample, augmentation, generator)
 
 
 def load_source(
@@ -103,8 +113,9 @@ def load_source(
 ) -> SourceDataset:
     """Open the source folder ``path`` (written by ``make_dataset`` / ``stablemtl-make-data``).
 
-    ``augment=True`` uses the augmentation of the source's profile (spec §3.2; h-flip only for a source
-    that is not a registered profile) unless ``augmentation`` is given. ``tasks`` restricts the labels.
+    ``augment=True`` uses the augmentation of the source's profile, per task (spec §3.2; h-flip only for
+    a source that is not a registered profile) unless ``augmentation`` is given, which then applies to
+    every task. ``tasks`` restricts the labels.
     """
     path = Path(path)
     if not path.is_dir():
@@ -123,10 +134,11 @@ def load_source(
             raise ValueError(f"{path}: column {column!r} is missing; columns: {table.column_names}")
     dataset = SourceDataset(table, str(path), None, seed, tasks)
     if augment:
-        if augmentation is None:
-            known = dataset.source in profile_names()
-            augmentation = get_profile(dataset.source).augmentation if known else Augmentation()
-        dataset.augmentation = augmentation
+        if augmentation is None and dataset.source in profile_names():
+            profile = get_profile(dataset.source)
+            augmentation = profile.augmentation
+            dataset.task_augmentation = dict(profile.task_augmentation)
+        dataset.augmentation = augmentation or Augmentation()
     return dataset
 
 

@@ -9,7 +9,7 @@ A profile mirrors one real training source of StableMTL (spec §3.1): ``indoor``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -28,7 +28,12 @@ SPLITS = ("train", "test")
 @dataclass(frozen=True)
 class SourceProfile:
     """A synthetic source: ``build_scene(rng, domain, height, width) -> Scene``, the tasks its ``train``
-    and ``test`` splits label, its appearance ``domain`` and ``shifted`` test domain, its augmentation."""
+    and ``test`` splits label, its appearance ``domain`` and ``shifted`` test domain, its augmentation.
+
+    ``augmentation`` applies to every task unless ``task_augmentation`` overrides it for a task: the
+    official recipe augments per source *and* task (spec §3.2: vKITTI jitters colours for optical flow
+    only), and a training micro-batch serves one task.
+    """
 
     name: str
     build_scene: Callable[[np.random.Generator, Domain, int, int], Scene]
@@ -37,6 +42,11 @@ class SourceProfile:
     domain: Domain = field(default_factory=Domain)
     shifted: Domain = field(default_factory=Domain)
     augmentation: Augmentation = field(default_factory=Augmentation)
+    task_augmentation: Mapping[str, Augmentation] = field(default_factory=dict, hash=False)
+
+    def augmentation_for(self, task: str | None = None) -> Augmentation:
+        """The augmentation of a training sample served for ``task`` (None: the source-wide one)."""
+        return self.task_augmentation.get(task, self.augmentation) if task else self.augmentation
 
     def tasks(self, split: str) -> tuple[str, ...]:
         """Labelled tasks of ``split`` (``"train"`` or ``"test"``)."""
@@ -48,7 +58,7 @@ class SourceProfile:
         return any(t in PAIR_TASKS for t in self.tasks(split))
 
     def __post_init__(self) -> None:
-        for t in (*self.train_tasks, *self.test_tasks):
+        for t in (*self.train_tasks, *self.test_tasks, *self.task_augmentation):
             if t not in ALL_TASKS:
                 raise ValueError(f"profile {self.name!r}: task {t!r} cannot be rendered; known: {ALL_TASKS}")
 
@@ -130,7 +140,7 @@ for _profile in (
         test_tasks=("depth", "normal", "albedo", "shading", "optical_flow", "scene_flow"),
         domain=_INDOOR,
         shifted=_INDOOR_SHIFT,
-        augmentation=Augmentation(hflip=True),
+        augmentation=Augmentation(hflip=True),  # Hypersim: h-flip only
     ),
     SourceProfile(
         "street",
@@ -139,7 +149,9 @@ for _profile in (
         test_tasks=ALL_TASKS,
         domain=_STREET,
         shifted=_STREET_SHIFT,
-        augmentation=Augmentation(hflip=True, jitter=(0.4, 0.4, 0.2, 0.127)),
+        # vKITTI 2 (spec §3.2): h-flip for every task; colour jitter only for optical flow.
+        augmentation=Augmentation(hflip=True),
+        task_augmentation={"optical_flow": Augmentation(hflip=True, jitter=(0.4, 0.4, 0.2, 0.127))},
     ),
     SourceProfile(
         "flying",
@@ -148,7 +160,7 @@ for _profile in (
         test_tasks=("depth", "normal", "albedo", "shading", "optical_flow", "scene_flow"),
         domain=_FLYING,
         shifted=_FLYING_SHIFT,
-        augmentation=Augmentation(hflip=True, vflip=True, jitter=(0.3, 0.3, 0.3, 0.159)),
+        augmentation=Augmentation(hflip=True, vflip=True, jitter=(0.3, 0.3, 0.3, 0.159)),  # FlyingThings3D
     ),
 ):
     register_profile(_profile)

@@ -24,7 +24,7 @@ class AlbedoTask(Task):
         Invalid pixels keep their encoded value (the official code only masks them in the loss);
         NaN becomes -1 (black) and ±inf is clipped to ±1. ``valid`` loses non-finite pixels.
         """
-        albedo, valid, was_batched = batched(label.float(), valid, self.label_channels)
+        albedo, valid, was_batched = batched(label, valid, self.label_channels, torch.float32)
         image3 = (albedo * 2.0 - 1.0).clamp(-1.0, 1.0).nan_to_num(-1.0)  # [B,3,H,W]
         return unbatch(image3, was_batched), unbatch(valid, was_batched)
 

@@ -92,8 +92,16 @@ def latent_valid_mask(valid: torch.Tensor, factor: int = 8) -> torch.Tensor:
     return (pooled < 0.5).reshape(*lead, *pooled.shape[-2:])
 
 
-def batched(label: torch.Tensor, valid: torch.Tensor, channels: int | None = None):
-    """Return ``(label[B,C,H,W], valid[B,H,W], was_batched)`` after checking shapes; raise ValueError."""
+def batched(
+    label: torch.Tensor, valid: torch.Tensor, channels: int | None = None, dtype: torch.dtype | None = None
+):
+    """Return ``(label[B,C,H,W], valid[B,H,W], was_batched)`` after checking types and shapes (ValueError
+    naming ``label`` / ``valid`` otherwise); ``label`` is cast to ``dtype`` when given."""
+    for name, value in (("label", label), ("valid", valid)):
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if dtype is not None:
+        label = label.to(dtype)
     if label.dim() not in (3, 4):
         raise ValueError(f"label must be (C, H, W) or (B, C, H, W), got shape {tuple(label.shape)}")
     was_batched = label.dim() == 4

@@ -68,7 +68,7 @@ class DepthTask(Task):
         positive depth is -1 everywhere; a constant-depth image uses a span of 1 (its pixels map to -1).
         Returns ``image3`` of the label's batch shape with 3 channels, and ``valid`` minus non-finite pixels.
         """
-        depth, valid, was_batched = batched(label.float(), valid, self.label_channels)
+        depth, valid, was_batched = batched(label, valid, self.label_channels, torch.float32)
         d = depth[:, 0]  # [B,H,W]
         reference = valid & (d > 0)
         low, high = masked_quantiles(d.flatten(1), reference.flatten(1), self.quantile)  # [B], [B]

@@ -29,7 +29,7 @@ class NormalTask(Task):
 
         Components are clipped to [-1, 1] (a no-op for unit vectors). ``valid`` loses non-finite pixels.
         """
-        normal, valid, was_batched = batched(label.float(), valid, self.label_channels)
+        normal, valid, was_batched = batched(label, valid, self.label_channels, torch.float32)
         image3 = torch.where(valid[:, None], normal.clamp(-1.0, 1.0), 0.0)  # [B,3,H,W]
         return unbatch(image3, was_batched), unbatch(valid, was_batched)
 

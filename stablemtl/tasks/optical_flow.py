@@ -32,7 +32,7 @@ class OpticalFlowTask(Task):
 
         ``label`` ``(2, H, W)`` or ``(B, 2, H, W)``; ``valid`` loses non-finite pixels.
         """
-        flow, valid, was_batched = batched(label.float(), valid, self.label_channels)
+        flow, valid, was_batched = batched(label, valid, self.label_channels, torch.float32)
         normalized, _ = normalize_per_axis(flow, valid)  # [B,2,H,W]
         image3 = torch.cat([normalized, normalized[:, :1]], dim=1)  # [B,3,H,W]
         return unbatch(image3, was_batched), unbatch(valid, was_batched)

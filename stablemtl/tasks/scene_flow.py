@@ -33,7 +33,7 @@ class SceneFlowTask(Task):
 
         ``label`` ``(3, H, W)`` or ``(B, 3, H, W)``; ``valid`` loses non-finite pixels.
         """
-        flow, valid, was_batched = batched(label.float(), valid, self.label_channels)
+        flow, valid, was_batched = batched(label, valid, self.label_channels, torch.float32)
         image3, _ = normalize_per_axis(flow, valid)  # [B,3,H,W]
         return unbatch(image3, was_batched), unbatch(valid, was_batched)
 

@@ -45,7 +45,7 @@ class ShadingTask(Task):
         Invalid pixels keep their encoded value; NaN becomes -1 and ±inf is clipped to ±1.
         ``valid`` loses pixels with any non-finite channel.
         """
-        label, valid, was_batched = batched(label.float(), valid)
+        label, valid, was_batched = batched(label, valid, dtype=torch.float32)
         if label.shape[1] not in (1, 3):
             raise ValueError(f"shading label must have 1 (grey) or 3 (RGB) channels, got {label.shape[1]}")
         grey = (self.grey(label) * 2.0 - 1.0).clamp(-1.0, 1.0).nan_to_num(-1.0)  # [B,1,H,W]

@@ -24,7 +24,7 @@ def scene_rng(profile: str, split: str, shift: bool, seed: int, index: int) -> n
 def make_scene(
     profile: str | SourceProfile,
     seed: int,
-    size: int | tuple[int, int] = 64,
+    size: int | tuple[int, int] = 128,
     split: str = "test",
     shift: bool = False,
     index: int = 0,
@@ -45,7 +45,7 @@ def make_scene(
 def render_sample(
     profile: str | SourceProfile,
     seed: int = 0,
-    size: int | tuple[int, int] = 64,
+    size: int | tuple[int, int] = 128,
     split: str = "test",
     shift: bool = False,
     index: int = 0,
