@@ -11,6 +11,7 @@ This file is copied into every saved folder so that plain diffusers loads it as 
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -111,6 +112,23 @@ class StableMTLPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = StableMTLImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._task_embeddings = task_embeddings
+
+    # -- device and dtype ------------------------------------------------------------------------------------
+    @property
+    def _execution_device(self) -> torch.device:
+        """Where the models run. diffusers walks every submodule of every component looking for offload
+        hooks, milliseconds per call on a small model. Offloading (accelerate's or diffusers' group offload)
+        always hooks the component itself, so when no component carries a hook this returns what diffusers
+        would (``self.device``: the first component not on CPU, else the first) from first parameters."""
+        names, _ = self._get_signature_keys(self)
+        modules = [m for m in (getattr(self, n, None) for n in names) if isinstance(m, torch.nn.Module)]
+        if not modules or any(hasattr(m, "_hf_hook") or hasattr(m, "_diffusers_hook") for m in modules):
+            return super()._execution_device
+        devices = [next(itertools.chain(m.parameters(), m.buffers()), None) for m in modules]
+        if any(d is None for d in devices):
+            return super()._execution_device
+        devices = [d.device for d in devices]
+        return next((d for d in devices if d.type not in ("cpu", "meta")), devices[0])
 
     # -- task tokens -----------------------------------------------------------------------------------------
     @property
@@ -270,19 +288,20 @@ class StableMTLPipeline(DiffusionPipeline):
                 [t for t, pair in zip(tasks, pair_tasks) if pair],
             )
         use_pair = next_image is not None and any(pair_tasks)
-        device, dtype = self._execution_device, self.unet.dtype
+        device = self._execution_device
+        dtype, vae_dtype = _input_dtype(self.unet, "conv_in"), _input_dtype(self.vae, "encoder.conv_in")
 
         # 2. Load and prepare images: [N,3,H,W] in [0,1] -> [N,3,PPH,PPW] in [-1,1].
         frames = self.image_processor.load_images(image, "image")  # [N,3,H,W]
         original_size = tuple(frames.shape[-2:])
         frames, padding = self.image_processor.prepare(
-            frames, processing_resolution, resample_method_input, device, self.vae.dtype
+            frames, processing_resolution, resample_method_input, device, vae_dtype
         )  # [N,3,PPH,PPW]
         next_frames = None
         if use_pair:
             next_frames = self.image_processor.load_images(next_image, "next_image")
             next_frames, _ = self.image_processor.prepare(
-                next_frames, processing_resolution, resample_method_input, device, self.vae.dtype
+                next_frames, processing_resolution, resample_method_input, device, vae_dtype
             )  # [N,3,PPH,PPW]
 
         # 3. Task conditioning, shared by every batch: [T,L,D] and a [T,L] mask when prompt lengths differ.
@@ -296,12 +315,12 @@ class StableMTLPipeline(DiffusionPipeline):
             count = batch.shape[0]
             if next_frames is not None:
                 batch = torch.cat([batch, next_frames[start : start + batch_size]])  # [2B,3,PPH,PPW]
-            latents = self.encode_images(batch).to(dtype)  # [B or 2B,4,h,w]
+            latents = self.encode_images(batch, vae_dtype).to(dtype)  # [B or 2B,4,h,w]
             first, second = latents[:count], latents[count:] if next_frames is not None else latents
             x0 = self.predict_latents(
                 first, second, condition, condition_mask, pair_mask, generator
             )  # [B*T,4,h,w]
-            image3 = self.decode_latents(x0)  # [B*T,3,PPH,PPW] float32
+            image3 = self.decode_latents(x0, vae_dtype)  # [B*T,3,PPH,PPW] float32
             decoded.append(image3.unflatten(0, (count, len(tasks))))  # [B,T,3,PPH,PPW]
         image3 = torch.cat(decoded)  # [N,T,3,PPH,PPW]
 
@@ -335,9 +354,12 @@ class StableMTLPipeline(DiffusionPipeline):
         return output.predictions
 
     # -- steps ----------------------------------------------------------------------------------------------
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, H, W)`` in [-1, 1] -> scaled posterior-mean latents ``(N, 4, H/8, W/8)`` (spec §1.1)."""
-        posterior = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+    def encode_images(self, images: torch.Tensor, vae_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``(N, 3, H, W)`` in [-1, 1] -> scaled posterior-mean latents ``(N, 4, H/8, W/8)`` (spec §1.1).
+
+        ``vae_dtype``: the VAE's dtype when the caller knows it (saves a walk over the VAE's modules)."""
+        vae_dtype = self.vae.dtype if vae_dtype is None else vae_dtype
+        posterior = self.vae.encode(images.to(vae_dtype)).latent_dist
         return posterior.mode() * self.vae.config.scaling_factor
 
     def predict_latents(
@@ -369,16 +391,17 @@ class StableMTLPipeline(DiffusionPipeline):
             sample, timestep, encoder_hidden_states=hidden, encoder_attention_mask=mask, return_dict=False
         )[0]
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor, vae_dtype: torch.dtype | None = None) -> torch.Tensor:
         """x0 latents ``[N,4,h,w]`` -> images ``[N,3,8h,8w]`` float32, about [-1, 1].
 
-        A float16 VAE marked ``force_upcast`` decodes in float32 (SD's VAE overflows in half precision)."""
-        upcast = self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
-        vae_dtype = self.vae.dtype
+        A float16 VAE marked ``force_upcast`` decodes in float32 (SD's VAE overflows in half precision).
+        ``vae_dtype``: the VAE's dtype when the caller knows it (saves a walk over the VAE's modules)."""
+        vae_dtype = self.vae.dtype if vae_dtype is None else vae_dtype
+        upcast = vae_dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
         if upcast:
             self.vae.to(torch.float32)
         try:
-            scaled = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+            scaled = latents.to(torch.float32 if upcast else vae_dtype) / self.vae.config.scaling_factor
             return self.vae.decode(scaled, return_dict=False)[0].float()
         finally:
             if upcast:
@@ -390,12 +413,13 @@ class StableMTLPipeline(DiffusionPipeline):
         """``image3 [N,3,h,w]`` -> the task's prediction, resized to ``size`` when given. Float outputs are
         decoded from the resized image (so unit normals stay unit); class ids are resized by nearest."""
         decoder = get_task(task)
-        prediction = decoder.decode(image3)
-        if size is None or tuple(prediction.shape[-2:]) == tuple(size):
-            return prediction
-        if prediction.is_floating_point():
+        if size is None or tuple(image3.shape[-2:]) == tuple(size):
+            return decoder.decode(image3)
+        # Decode each image once: a one-pixel probe tells float outputs from class ids.
+        if decoder.decode(image3[:1, :, :1, :1]).is_floating_point():
             resized = self.image_processor.resize_antialias(image3, size, resample_method, is_aa=False)
             return decoder.decode(resized)
+        prediction = decoder.decode(image3)
         resized = self.image_processor.resize_antialias(
             prediction.float(), size, "nearest-exact", is_aa=False
         )
@@ -505,6 +529,22 @@ class StableMTLPipeline(DiffusionPipeline):
             folder = Path(tmp) / "pipeline"
             self.save_pretrained(folder, variant=variant, repo_id=repo_id)
             return push_folder_to_hub(folder, repo_id, token, private, commit_message, create_pr)
+
+
+def _input_dtype(model: torch.nn.Module, first_layer: str) -> torch.dtype:
+    """The dtype ``model``'s inputs must have: that of its first layer (the compute dtype of a
+    layerwise-casting hook on it, else its weight's). Equals ``model.dtype``, which costs a walk over every
+    submodule (about 1 ms for a UNet, on every call); falls back to it when the layer is not found."""
+    try:
+        layer = model.get_submodule(first_layer)
+    except AttributeError:
+        return model.dtype
+    weight = getattr(layer, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        return model.dtype
+    registry = getattr(layer, "_diffusers_hook", None)
+    hook = registry.get_hook("layerwise_casting") if registry is not None else None
+    return hook.compute_dtype if hook is not None else weight.dtype
 
 
 @contextmanager

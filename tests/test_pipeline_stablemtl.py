@@ -35,6 +35,15 @@ def offline():
         yield
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # On the shared 2-core machine two OpenMP threads are far slower on these tiny tensors.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     return make_tiny_sd_folder(tmp_path_factory.mktemp("sd") / "tiny-sd", seed=0)
@@ -399,3 +408,45 @@ def test_from_pretrained_with_a_hub_id_reads_the_hub_cache(pipe, saved, tmp_path
     assert loaded.tasks == pipe.tasks and loaded.name_or_path == "someone/stablemtl-tiny"
     for task in pipe.tasks:
         assert torch.equal(loaded.task_embeddings[task], pipe.task_embeddings[task])
+
+
+def test_device_and_dtype_shortcuts_agree_with_diffusers(base):
+    from stablemtl.pipelines.pipeline_stablemtl import _input_dtype
+
+    pipe = _fresh(base, tasks=["depth"])
+    assert pipe._execution_device == DiffusionPipeline._execution_device.fget(pipe) == torch.device("cpu")
+    assert _input_dtype(pipe.unet, "conv_in") == pipe.unet.dtype == torch.float32
+    assert _input_dtype(pipe.vae, "encoder.conv_in") == pipe.vae.dtype == torch.float32
+    assert _input_dtype(pipe.vae, "no.such.layer") == pipe.vae.dtype  # falls back to diffusers' lookup
+    reference = pipe(_frames(), output_type="pt").depth
+    # Weights stored in bfloat16 but computed in float32: the inputs must be float32, as diffusers says.
+    pipe.unet.enable_layerwise_casting(storage_dtype=torch.bfloat16, compute_dtype=torch.float32)
+    assert pipe.unet.conv_in.weight.dtype == torch.bfloat16
+    assert _input_dtype(pipe.unet, "conv_in") == pipe.unet.dtype == torch.float32
+    cast = pipe(_frames(), output_type="pt").depth
+    assert cast.dtype == torch.float32 and (cast - reference).abs().mean() < 0.05
+    # With an offload hook on a component, the device comes from diffusers' own hook search.
+    pipe.vae.enable_group_offload(onload_device=torch.device("cpu"), offload_type="leaf_level")
+    assert pipe._execution_device == torch.device("cpu")
+    torch.testing.assert_close(pipe(_frames(), output_type="pt").depth, cast)
+
+
+def test_resized_predictions_decode_each_image_once_and_the_bar_shows_progress(pipe, monkeypatch, capsys):
+    from stablemtl.tasks import get_task
+
+    sizes = []
+    for task in ("normal", "semantic"):
+        decoder = get_task(task)
+        monkeypatch.setattr(
+            decoder, "decode", lambda x, f=decoder.decode, t=task: sizes.append((t, *x.shape[-2:])) or f(x)
+        )
+    pipe.set_progress_bar_config(disable=False)
+    try:
+        out = pipe(_frames(2), tasks=["normal", "semantic"], processing_resolution=32, batch_size=1)
+    finally:
+        pipe.set_progress_bar_config(disable=True)
+    assert "2/2" in capsys.readouterr().err
+    assert out.normal.shape == (2, 37, 45, 3) and out.semantic.shape == (2, 37, 45, 1)
+    # normal: a one-pixel probe, then one decode at the input size (after resizing the image);
+    # semantic: the probe, one decode at the processing size, then the ids are resized.
+    assert sizes == [("normal", 1, 1), ("normal", 37, 45), ("semantic", 1, 1), ("semantic", 26, 32)]

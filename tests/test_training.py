@@ -120,8 +120,27 @@ def test_a_tiny_run_updates_on_one_task_at_a_time_and_saves_a_pipeline(assets, t
     assert float(saved_conv.detach().double().sum()) == pytest.approx(records[-1][4], abs=1e-9)
     assert (out / "checkpoint-7" / "model.safetensors").is_file()
     assert (out / "validation" / "step-0000007.png").is_file()
-    assert list((out / "logs").rglob("events.out.tfevents.*"))
     assert json.loads((out / "training_config.json").read_text())["max_train_steps"] == 7
+    card = (out / "README.md").read_text()
+    assert "max train steps: 7" in card and str(assets["data"][0]) in card
+
+    # The tracker got one loss per task (at the step that trained it), the LR of the official schedule
+    # (peak 1e-3, no warm-up, decay to 1 % over the 7 steps), the grad norm, samples/s and validation.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # The run's own event file (accelerate writes the hyper-parameters to a second one in a subfolder).
+    (events,) = (out / "logs" / "stablemtl").glob("events.out.tfevents.*")
+    scalars = EventAccumulator(str(events)).Reload()
+    tags = scalars.Tags()["scalars"]
+    for step, task in enumerate(OFFICIAL_ORDER, start=1):
+        (loss,) = scalars.Scalars(f"loss/{task}")
+        assert loss.step == step and 0 < loss.value < 10
+        assert f"val_loss/{task}" in tags
+    lr = {e.step: e.value for e in scalars.Scalars("lr")}
+    assert lr[1] == pytest.approx(1e-3 * 0.01 ** (1 / 7), rel=1e-5) and lr[7] == pytest.approx(1e-5, rel=1e-5)
+    assert [e.step for e in scalars.Scalars("grad_norm")] == list(range(1, 8))
+    assert all(e.value > 0 for e in scalars.Scalars("grad_norm") + scalars.Scalars("samples_per_second"))
+    assert [e.step for e in scalars.Images("validation")] == [7]
 
 
 def test_joint_grouping_mixes_tasks_in_a_micro_batch(assets, tmp_path):

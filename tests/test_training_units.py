@@ -1,4 +1,4 @@
-"""Pieces of the training loop: LR schedule, masked loss, config merging, atomic rotated checkpoints."""
+"""Pieces of the training loop: LR schedule, masked loss, config and flags, clipping, checkpoints."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from stablemtl.training.checkpointing import (
 from stablemtl.training.config import TrainConfig, load_config, parse_args
 from stablemtl.training.loss import masked_latent_mse
 from stablemtl.training.schedule import get_warmup_exponential_scheduler, warmup_exponential_factor
+from stablemtl.training.step import micro_step
 
 
 # -- schedule -------------------------------------------------------------------------------------------
@@ -107,6 +108,30 @@ def test_flags_override_yaml_which_overrides_defaults(tmp_path):
     assert config.gradient_accumulation_steps == TrainConfig().gradient_accumulation_steps == 2  # default
 
 
+def test_every_flag_of_the_issue_is_accepted_under_its_diffusers_name():
+    config = parse_args(
+        "--pretrained_model_name_or_path stabilityai/stable-diffusion-2 --output_dir out "
+        "--train_batch_size 3 --gradient_accumulation_steps 4 --learning_rate 2e-5 --lr_warmup_steps 7 "
+        "--max_train_steps 11 --mixed_precision bf16 --gradient_checkpointing --allow_tf32 --use_8bit_adam "
+        "--enable_xformers_memory_efficient_attention --checkpointing_steps 5 --checkpoints_total_limit 2 "
+        "--resume_from_checkpoint latest --report_to tensorboard --validation_steps 6 --seed 9 "
+        "--push_to_hub --hub_model_id me/model --task_sampling adaptive --task_grouping joint".split()
+    )
+    assert config.pretrained_model_name_or_path == "stabilityai/stable-diffusion-2"
+    assert (config.output_dir, config.train_batch_size, config.gradient_accumulation_steps) == ("out", 3, 4)
+    assert (config.learning_rate, config.lr_warmup_steps, config.max_train_steps) == (2e-5, 7, 11)
+    assert config.mixed_precision == "bf16" and config.gradient_checkpointing and config.allow_tf32
+    assert config.use_8bit_adam and config.enable_xformers_memory_efficient_attention
+    assert (config.checkpointing_steps, config.checkpoints_total_limit) == (5, 2)
+    assert (config.resume_from_checkpoint, config.report_to, config.validation_steps) == (
+        "latest",
+        "tensorboard",
+        6,
+    )
+    assert (config.seed, config.push_to_hub, config.hub_model_id) == (9, True, "me/model")
+    assert (config.task_sampling, config.task_grouping) == ("adaptive", "joint")
+
+
 def test_config_errors_name_the_setting(tmp_path):
     with pytest.raises(ValueError, match="learnig_rate"):
         load_config(None, learnig_rate=1.0)
@@ -155,3 +180,36 @@ def test_checkpoints_are_atomic_rotated_and_resumable(tmp_path: Path):
     assert resolve_resume("latest", tmp_path / "empty") is None
     with pytest.raises(ValueError, match="checkpoint-<step>"):
         resolve_resume("checkpoint-7", tmp_path)
+
+
+# -- one micro-batch ---------------------------------------------------------------------------------
+class _LinearObjective:
+    """Stands in for StableMTLObjective: loss = w . c, so the gradient is exactly ``c``."""
+
+    def __init__(self, c: torch.Tensor):
+        self.c = c
+
+    def prepare(self, groups, dtype=None):
+        return groups
+
+    def loss(self, model, batch):
+        return (model.weight[0] * self.c).sum()
+
+
+def test_micro_step_clips_the_gradient_norm_and_returns_it_before_clipping():
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    objective = _LinearObjective(torch.tensor([30.0, 40.0]))  # gradient norm 50
+    loss, norm = micro_step(accelerator, model, objective, optimizer, [], max_grad_norm=5.0)
+    assert float(loss) == 0.0 and float(norm) == pytest.approx(50.0)
+    # Clipped to norm 5 along the same direction: one SGD step of lr 1 moves w by -(3, 4).
+    torch.testing.assert_close(model.weight.detach(), torch.tensor([[-3.0, -4.0]]))
+    # Below the threshold nothing is scaled: the gradient (0.3, 0.4) is applied as it is.
+    objective.c = torch.tensor([0.3, 0.4])
+    _, norm = micro_step(accelerator, model, objective, optimizer, [], max_grad_norm=5.0)
+    assert float(norm) == pytest.approx(0.5)
+    torch.testing.assert_close(model.weight.detach(), torch.tensor([[-3.3, -4.4]]))
