@@ -38,11 +38,16 @@ class Lights:
         return float(self.ambient + sun + self.point_intensity.sum())
 
 
-def _visible(shapes: Shapes, points: torch.Tensor, dirs: torch.Tensor, max_t: torch.Tensor) -> torch.Tensor:
-    """Whether the segment ``points + t dirs``, ``0 < t < max_t``, is free of occluders: ``(N,)`` bool."""
+def _visible(
+    shapes: Shapes, points: torch.Tensor, dirs: torch.Tensor, max_t: torch.Tensor, light=None
+) -> torch.Tensor:
+    """Whether the segment ``points + t dirs``, ``0 < t < max_t``, is free of occluders: ``(N,)`` bool.
+
+    ``light (3,)``: the segments' common end point, which lets culling work from there (hits beyond
+    it, which may then be missed, cannot make a segment occluded)."""
     if points.shape[0] == 0:
         return torch.ones(0, dtype=torch.bool)
-    t, _ = nearest_hit(shapes, points, dirs)
+    t, _ = nearest_hit(shapes, points, dirs, through=light)
     return t >= max_t
 
 
@@ -54,18 +59,19 @@ def shading(shapes: Shapes, lights: Lights, points: torch.Tensor, normals: torch
     if lights.sun_direction is not None and lights.sun_intensity > 0:
         s = lights.sun_direction / lights.sun_direction.norm()
         cos = (normals @ s).clamp_min(0)
-        lit = cos > 0
-        vis = torch.zeros_like(lit)
-        vis[lit] = _visible(shapes, origin[lit], s[None], torch.tensor(float("inf")))
+        lit = (cos > 0).nonzero().squeeze(1)
+        vis = torch.zeros(cos.shape, dtype=torch.bool)
+        vis[lit] = _visible(shapes, origin.index_select(0, lit), s[None], torch.tensor(float("inf")))
         out = out + lights.sun_intensity * cos * vis
     for pos, power, reach in zip(lights.point_position, lights.point_intensity, lights.point_range):
         to_light = pos - origin
         dist = to_light.norm(dim=-1)
         direction = to_light / dist[:, None]
         cos = (normals * direction).sum(-1).clamp_min(0)
-        lit = cos > 0
-        vis = torch.zeros_like(lit)
+        lit = (cos > 0).nonzero().squeeze(1)
+        vis = torch.zeros(cos.shape, dtype=torch.bool)
         # The shadow ray's parameter is in units of ``direction`` (unit), so the light sits at t = dist.
-        vis[lit] = _visible(shapes, origin[lit], direction[lit], dist[lit])
+        ray_origin, ray_dir = origin.index_select(0, lit), direction.index_select(0, lit)
+        vis[lit] = _visible(shapes, ray_origin, ray_dir, dist.index_select(0, lit), pos)
         out = out + power * cos * vis / (1 + (dist / reach) ** 2)
     return out.clamp(0.0, 1.0)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from stablemtl.data.synthetic.culling import candidates
+from stablemtl.data.synthetic.culling import candidates, converging_candidates
+from stablemtl.data.synthetic.select import select
 
 SPHERE, BOX, CYLINDER, QUAD = 0, 1, 2, 3
 KIND_NAMES = {"sphere": SPHERE, "box": BOX, "cylinder": CYLINDER, "quad": QUAD}
@@ -36,25 +37,28 @@ class Shapes:
 
     def to_local(self, points: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """World points ``(N, 3)`` on objects ``index (N,)`` -> unit-primitive local coordinates."""
-        rel = points - self.translation[index]
-        return torch.einsum("ni,nij->nj", rel, self.rotation[index]) / self.scale[index]
+        rel = points - self.translation.index_select(0, index)
+        rot, scale = self.rotation.index_select(0, index), self.scale.index_select(0, index)
+        return torch.einsum("ni,nij->nj", rel, rot) / scale
 
     def to_world(self, local: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Unit-primitive local coordinates ``(N, 3)`` of objects ``index`` -> world points ``(N, 3)``."""
-        scaled = local * self.scale[index]
-        return torch.einsum("nij,nj->ni", self.rotation[index], scaled) + self.translation[index]
+        scaled = local * self.scale.index_select(0, index)
+        rot, shift = self.rotation.index_select(0, index), self.translation.index_select(0, index)
+        return torch.einsum("nij,nj->ni", rot, scaled) + shift
 
     def normal_to_world(self, local_normal: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Local normals ``(N, 3)`` -> unit world normals (inverse-transpose of the placement)."""
-        n = torch.einsum("nij,nj->ni", self.rotation[index], local_normal / self.scale[index])
+        rot, scale = self.rotation.index_select(0, index), self.scale.index_select(0, index)
+        n = torch.einsum("nij,nj->ni", rot, local_normal / scale)
         return n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def _first_positive(t0: torch.Tensor, t1: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
     """The nearest of two roots beyond ``EPS`` where ``hit``; ``inf`` elsewhere."""
-    inf = torch.full_like(t0, float("inf"))
-    t = torch.where(t0 > EPS, t0, torch.where(t1 > EPS, t1, inf))
-    return torch.where(hit, t, inf)
+    inf = float("inf")
+    t = select(t0 > EPS, t0, select(t1 > EPS, t1, inf))
+    return select(hit, t, inf)
 
 
 def _sphere(o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -68,7 +72,7 @@ def _sphere(o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 
 def _safe(d: torch.Tensor) -> torch.Tensor:
     # Rays parallel to a slab would divide by zero; a tiny signed value gives the right infinities.
-    return torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
+    return select(d.abs() < 1e-12, 1e-12, d)
 
 
 def _box(o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -93,7 +97,7 @@ def _cylinder(o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     for t in ((-b - root) / a_safe, (-b + root) / a_safe):
         y = o[..., 1] + t * d[..., 1]
         ok = (disc >= 0) & (a > 1e-12) & (y.abs() <= 1.0) & (t > EPS)
-        best = torch.where(ok & (t < best), t, best)
+        best = select(ok & (t < best), t, best)
     # Caps: y = +-1 with x^2 + z^2 <= 1.
     dy = _safe(d[..., 1])
     for cap in (-1.0, 1.0):
@@ -101,7 +105,7 @@ def _cylinder(o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         x = o[..., 0] + t * d[..., 0]
         z = o[..., 2] + t * d[..., 2]
         ok = (x * x + z * z <= 1.0) & (t > EPS)
-        best = torch.where(ok & (t < best), t, best)
+        best = select(ok & (t < best), t, best)
     return best
 
 
@@ -110,7 +114,7 @@ def _quad(o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     x = o[..., 0] + t * d[..., 0]
     z = o[..., 2] + t * d[..., 2]
     ok = (x.abs() <= 1.0) & (z.abs() <= 1.0) & (t > EPS)
-    return torch.where(ok, t, torch.full_like(t, float("inf")))
+    return select(ok, t, float("inf"))
 
 
 _INTERSECT = {SPHERE: _sphere, BOX: _box, CYLINDER: _cylinder, QUAD: _quad}
@@ -122,32 +126,65 @@ def _local_frames(shapes: Shapes) -> tuple[torch.Tensor, torch.Tensor]:
     return a, -torch.einsum("mij,mj->mi", a, shapes.translation)
 
 
-def _local_rays(shapes: Shapes, origins, dirs, ray: torch.Tensor, obj: torch.Tensor):
+def _per_pair(columns: torch.Tensor, obj: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """``A[obj] @ v`` per pair: ``columns (9, M)`` holds each ``A``'s columns in turn; ``vectors (3, K)``.
+    Returns ``(3, K)``.
+
+    Written as a chain of fused multiply-adds, which rounds exactly like the ``(N, 3) x (3, 3M)`` matrix
+    product it replaces (tests/test_render_fastpaths.py), at a fraction of the cost: it transformed every
+    ray into every object's frame, although culling keeps only a few percent of the pairs. Coordinates
+    run along rows (``(3, K)``): every op then streams over contiguous memory."""
+    a = columns.index_select(1, obj)
+    out = a[0:3] * vectors[0]
+    return out.addcmul_(a[3:6], vectors[1]).addcmul_(a[6:9], vectors[2])
+
+
+def _local_rays(shapes: Shapes, origins, dirs, ray: torch.Tensor, obj: torch.Tensor, frames=None):
     """Candidate rays in their object's unit-primitive frame: ``o_l = A (o - T)``, ``d_l = A d`` with
-    ``A = R^T / S`` (the ray parameter keeps its meaning). One ``(N, 3) x (3, 3M)`` product per input
-    measured faster here than gathering a 3x3 matrix per (ray, object) pair."""
+    ``A = R^T / S`` (the ray parameter keeps its meaning); both ``(K, 3)``, possibly transposed views.
+
+    A shared origin or direction is transformed once per object. Per-ray ones are transformed per
+    (ray, object) pair when culling left few pairs, else by one ``(N, 3) x (3, 3M)`` product for all rays
+    and objects (cheaper when most pairs survive, as for point-light shadow rays in small rooms)."""
     m_all = shapes.kind.shape[0]
-    a, offset = _local_frames(shapes)  # (M, 3, 3), (M, 3)
+    a, offset = _local_frames(shapes) if frames is None else frames  # (M, 3, 3), (M, 3)
     rows = a.reshape(m_all * 3, 3).T
-    local_d = (dirs @ rows).view(-1, 3)  # row r * M + m: ray r in object m's frame
-    local_o = ((origins @ rows).view(-1, m_all, 3) + offset).view(-1, 3)
-    o_l = local_o.index_select(0, ray * m_all + obj if origins.shape[0] > 1 else obj)
-    d_l = local_d.index_select(0, ray * m_all + obj if dirs.shape[0] > 1 else obj)
-    return o_l, d_l
+    columns = a.transpose(1, 2).reshape(m_all, 9).T.contiguous()  # (9, M)
+    dense = 4 * ray.shape[0] > max(origins.shape[0], dirs.shape[0]) * m_all
+
+    def local(x: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+        if x.shape[0] == 1:  # one transform per object, gathered per pair
+            per_object = (x @ rows).view(m_all, 3)
+            per_object = per_object if shift is None else per_object + shift
+            return per_object.T.contiguous().index_select(1, obj).T
+        if dense:  # row r * M + m: ray r in object m's frame
+            every = (x @ rows).view(-1, m_all, 3)
+            every = every if shift is None else every + shift
+            return every.view(-1, 3).index_select(0, ray * m_all + obj)
+        out = _per_pair(columns, obj, x.T.contiguous().index_select(1, ray))
+        return (out if shift is None else out + shift.T.contiguous().index_select(1, obj)).T
+
+    return local(origins, offset), local(dirs, None)
 
 
-def _candidate_hits(shapes: Shapes, origins: torch.Tensor, dirs: torch.Tensor):
+def _candidate_hits(shapes: Shapes, origins: torch.Tensor, dirs: torch.Tensor, through=None):
     """Exact hits of the candidate pairs: ``(ray (K,), object (K,), t (K,))``, ``t = inf`` on a miss."""
-    pairs = candidates(shapes.translation, shapes.scale.norm(dim=-1), origins, dirs, *_local_frames(shapes))
-    ray, obj = pairs[:, 0], pairs[:, 1]
-    o_l, d_l = _local_rays(shapes, origins, dirs, ray, obj)
-    kinds = shapes.kind[obj]
-    if bool((kinds[1:] >= kinds[:-1]).all()):
-        # Pairs grouped by kind (scenes sort objects by kind): intersect contiguous slices.
-        bounds = torch.searchsorted(kinds, torch.arange(len(_INTERSECT) + 1)).tolist()
+    frames = _local_frames(shapes)
+    if through is None:
+        ray, obj = candidates(shapes.translation, shapes.scale.norm(dim=-1), origins, dirs, *frames)
+    else:
+        bound = shapes.translation, shapes.scale.norm(dim=-1)
+        ray, obj = converging_candidates(*bound, origins.expand_as(dirs), dirs, through, *frames)
+    o_l, d_l = _local_rays(shapes, origins, dirs, ray, obj, frames)
+    if bool((shapes.kind[1:] >= shapes.kind[:-1]).all()) and bool((obj[1:] >= obj[:-1]).all()):
+        # Objects sorted by kind (scenes do that) and pairs grouped by object (culling does that): the
+        # pairs of each kind are a contiguous slice.
+        first = torch.searchsorted(shapes.kind, torch.arange(len(_INTERSECT) + 1))
+        bounds = torch.searchsorted(obj, first).tolist()
         spans = [slice(bounds[k], bounds[k + 1]) for k in _INTERSECT]
         parts = [_INTERSECT[k](o_l[spans[k]], d_l[spans[k]]) for k in _INTERSECT]
         return ray, obj, torch.cat(parts)
+    kinds = shapes.kind[obj]
     t = torch.full((ray.shape[0],), float("inf"))
     for kind, fn in _INTERSECT.items():
         sel = (kinds == kind).nonzero().squeeze(1)
@@ -169,15 +206,19 @@ def ray_parameters(shapes: Shapes, origins: torch.Tensor, dirs: torch.Tensor) ->
 
 
 def nearest_hit(
-    shapes: Shapes, origins: torch.Tensor, dirs: torch.Tensor
+    shapes: Shapes, origins: torch.Tensor, dirs: torch.Tensor, through: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest hit of each ray: ``t (N,)`` (``inf`` on a miss) and object ``index (N,)`` (-1 on a miss)."""
+    """Nearest hit of each ray: ``t (N,)`` (``inf`` on a miss) and object ``index (N,)`` (-1 on a miss).
+
+    ``through (3,)``: a point every ray passes through (``origins``/``dirs`` ``(N, 3)``); hits up to it are
+    exact, while objects met only beyond it may be missed (shadow rays towards a point light need no more)."""
     n = max(origins.shape[0], dirs.shape[0])
-    ray, obj, t = _candidate_hits(shapes, origins, dirs)
+    ray, obj, t = _candidate_hits(shapes, origins, dirs, through)
     best = torch.full((n,), float("inf")).scatter_reduce(0, ray, t, reduce="amin")
     index = torch.full((n,), -1, dtype=torch.long)
-    winner = torch.isfinite(t) & (t == best[ray])
-    index[ray[winner]] = obj[winner]
+    winner = (torch.isfinite(t) & (t == best.index_select(0, ray))).nonzero().squeeze(1)
+    # Ties (equal t) go to the last pair written, i.e. the highest object index: pairs come by object.
+    index[ray.index_select(0, winner)] = obj.index_select(0, winner)
     return best, index
 
 
@@ -191,10 +232,8 @@ def local_normal(kind: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
     on_cap = (local[:, 1].abs() > 1.0 - 1e-4) & ((local[:, 0] ** 2 + local[:, 2] ** 2) < 1.0 - 1e-3)
     cap = torch.zeros_like(local)
     cap[:, 1] = local[:, 1].sign()
-    cylinder = torch.where(on_cap[:, None], cap, side)
+    cylinder = select(on_cap[:, None], cap, side)
     quad = torch.zeros_like(local)
     quad[:, 1] = 1.0
     k = kind[:, None]
-    return torch.where(
-        k == SPHERE, sphere, torch.where(k == BOX, box, torch.where(k == CYLINDER, cylinder, quad))
-    )
+    return select(k == SPHERE, sphere, select(k == BOX, box, select(k == CYLINDER, cylinder, quad)))

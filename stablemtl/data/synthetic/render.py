@@ -31,6 +31,7 @@ from stablemtl.data.synthetic.camera import Camera
 from stablemtl.data.synthetic.lighting import shading as shade
 from stablemtl.data.synthetic.primitives import Shapes, local_normal, nearest_hit
 from stablemtl.data.synthetic.scene import Scene
+from stablemtl.data.synthetic.select import select
 from stablemtl.data.synthetic.textures import albedo as texture_albedo
 
 TONEMAP_GAMMA = 2.2
@@ -72,7 +73,6 @@ def trace(scene: Scene, shapes: Shapes, origins: torch.Tensor, dirs: torch.Tenso
     unit-primitive ``local`` point, unit world ``normal`` facing the ray, ``albedo`` (N, 3),
     ``shading`` (N,) and ``linear`` colour (N, 3) (sky colour on misses)."""
     t, index = nearest_hit(shapes, origins, dirs)
-    hit = index >= 0
     n = t.shape[0]
     origins, dirs = origins.expand(n, 3), dirs.expand(n, 3)
     out = {
@@ -85,18 +85,22 @@ def trace(scene: Scene, shapes: Shapes, origins: torch.Tensor, dirs: torch.Tenso
         "shading": torch.zeros(n),
         "linear": _sky(scene, dirs),
     }
-    if hit.any():
-        idx = index[hit]
-        point = origins[hit] + t[hit, None] * dirs[hit]
+    hit = (index >= 0).nonzero().squeeze(1)  # gathers by position: cheaper than repeated boolean masks
+    if hit.numel():
+        idx = index.index_select(0, hit)
+        d = dirs.index_select(0, hit)
+        point = origins.index_select(0, hit) + t.index_select(0, hit)[:, None] * d
         local = shapes.to_local(point, idx)
-        normal = shapes.normal_to_world(local_normal(shapes.kind[idx], local), idx)
+        normal = shapes.normal_to_world(local_normal(shapes.kind.index_select(0, idx), local), idx)
         # Two-sided surfaces: the normal faces the viewer.
-        normal = torch.where(((normal * dirs[hit]).sum(-1) > 0)[:, None], -normal, normal)
-        alb = texture_albedo(scene.materials, scene.material[idx], local * shapes.scale[idx])
+        normal = select(((normal * d).sum(-1) > 0)[:, None], -normal, normal)
+        scaled = local * shapes.scale.index_select(0, idx)  # metres in the object's frame
+        alb = texture_albedo(scene.materials, scene.material.index_select(0, idx), scaled)
         sha = shade(shapes, scene.lights, point, normal)
-        out["point"][hit], out["local"][hit], out["normal"][hit] = point, local, normal
-        out["albedo"][hit], out["shading"][hit] = alb, sha
-        out["linear"][hit] = alb * sha[:, None]
+        for key, value in (("point", point), ("local", local), ("normal", normal), ("albedo", alb)):
+            out[key].index_copy_(0, hit, value)
+        out["shading"].index_copy_(0, hit, sha)
+        out["linear"].index_copy_(0, hit, alb * sha[:, None])
     return out
 
 
