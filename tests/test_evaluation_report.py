@@ -26,6 +26,8 @@ def evaluation():
 
 def test_write_report_with_reference(tmp_path, evaluation):
     reference = build_reference([evaluation.reports["constant"]])
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "grid_007_old.png").write_bytes(b"from an earlier report")
     payload = write_report(tmp_path, evaluation.reports, reference, evaluation.visuals)
     data = json.loads((tmp_path / "metrics.json").read_text())
     assert [m["name"] for m in data["models"]] == ["oracle", "constant"]

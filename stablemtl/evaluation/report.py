@@ -47,6 +47,8 @@ def write_report(
     out = Path(out_dir)
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
+    for stale in figures.glob("grid_*.png"):  # grids of an earlier report in this folder would mislead
+        stale.unlink()
     delta = delta_m_table(reports, reference) if reference else None
     payload = {
         "format": REPORT_FORMAT,

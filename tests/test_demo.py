@@ -1,0 +1,47 @@
+"""The main job (``make demo``) end to end at toy scale on the embedded base: data, stage 1, references,
+evaluation and the report with its pictures."""
+
+import json
+
+import torch
+
+from stablemtl.cli.demo import main
+
+
+def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)
+    report = main(
+        [
+            "--out",
+            str(tmp_path),
+            "--train_rows",
+            "10",
+            "--test_rows",
+            "2",
+            "--size",
+            "32",
+            "--max_train_steps",
+            "7",
+        ]
+    )
+    text = report.read_text()
+    assert "StableMTL-S" in text and "constant" in text and "Δm" in text
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    names = {model["name"] for model in metrics["models"]}
+    assert {"StableMTL-S", "constant", "single-task depth", "single-task semantic"} <= names
+    stage1 = next(m for m in metrics["models"] if m["name"] == "StableMTL-S")
+    assert set(stage1["tasks"]) == {
+        "albedo",
+        "shading",
+        "depth",
+        "normal",
+        "semantic",
+        "optical_flow",
+        "scene_flow",
+    }
+    figures = {p.name for p in (tmp_path / "figures").iterdir()}
+    assert "delta_m.png" in figures and any(name.startswith("grid_") for name in figures)
+    # One budget per task: 7 stage-1 steps over 7 tasks give each reference 1 step.
+    single = json.loads((tmp_path / "models" / "single_depth" / "model_index.json").read_text())
+    assert single["training_info"]["max_train_steps"] == 1
