@@ -160,7 +160,9 @@ def _settings(reports) -> list[str]:
     lines += [
         "",
         "Metrics are computed at the label's resolution (predictions resized bilinear; class ids nearest).",
-        "Depth: errors per image, averaged over images. Normal, flows: pixels pooled over the data set.",
+        "Depth: errors per image, averaged over images. Normal: mean angular error per image, averaged "
+        "over images (`mean_angular_error_pooled`, median, RMSE and within-x° pool pixels over the data "
+        "set). Flows: pixels pooled over the data set.",
         "Semantic: one confusion matrix over the data set. Albedo/shading: per image, averaged over images.",
         "Scene-flow accuracies use the standard OR rules unless a column says `official_and`.",
         "",
