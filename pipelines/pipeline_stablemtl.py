@@ -38,6 +38,7 @@ logger = logging.get_logger(__name__)
 
 PIPELINE_FILE = "pipeline_stablemtl.py"
 INPUT_NOISE_MODES = ("deterministic", "random")
+SECOND_FRAME_MODES = ("duplicate", "zero")
 
 
 @dataclass
@@ -73,6 +74,9 @@ class StableMTLPipeline(DiffusionPipeline):
         timestep: the fixed UNet timestep (spec: 999).
         input_noise: ``"deterministic"`` (zero target latent, the spec's default) or ``"random"`` (standard
             normal target latent drawn with ``generator``).
+        second_frame: second-frame latent of a task without a frame pair (non-flow tasks, and flow tasks
+            called without ``next_image``): ``"duplicate"`` (the first frame's, official) or ``"zero"``;
+            must match the training objective's setting.
         default_processing_resolution: longer edge the images are resized to when ``processing_resolution``
             is not given; 0 processes at the native size.
         training_info: what the training run recorded (base model, data, steps, metrics) for the model card.
@@ -93,10 +97,13 @@ class StableMTLPipeline(DiffusionPipeline):
         input_noise: str = "deterministic",
         default_processing_resolution: int = 0,
         training_info: dict[str, Any] | None = None,
+        second_frame: str = "duplicate",
     ):
         super().__init__()
         if input_noise not in INPUT_NOISE_MODES:
             raise ValueError(f"input_noise={input_noise!r} must be one of {INPUT_NOISE_MODES}")
+        if second_frame not in SECOND_FRAME_MODES:
+            raise ValueError(f"second_frame={second_frame!r} must be one of {SECOND_FRAME_MODES}")
         if not 0 <= timestep < scheduler.config.num_train_timesteps:
             raise ValueError(f"timestep={timestep} must lie in [0, {scheduler.config.num_train_timesteps})")
         self.register_modules(
@@ -108,6 +115,7 @@ class StableMTLPipeline(DiffusionPipeline):
             input_noise=input_noise,
             default_processing_resolution=int(default_processing_resolution),
             training_info=dict(training_info) if training_info else None,
+            second_frame=second_frame,
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = StableMTLImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -283,11 +291,14 @@ class StableMTLPipeline(DiffusionPipeline):
         pair_tasks = [get_task(t).needs_pair for t in tasks]
         if any(pair_tasks) and next_image is None:
             logger.warning(
-                "tasks %s need a frame pair but next_image is None: each frame is used twice (the spec's "
-                "'duplicate' fallback); expect weak flow predictions",
+                "tasks %s need a frame pair but next_image is None: they get the second_frame=%r input "
+                "instead; expect weak flow predictions",
                 [t for t, pair in zip(tasks, pair_tasks) if pair],
+                self.config.second_frame,
             )
         use_pair = next_image is not None and any(pair_tasks)
+        # Without a next frame every task takes the second_frame fallback, as in training.
+        pair_tasks = [pair and use_pair for pair in pair_tasks]
         device = self._execution_device
         dtype, vae_dtype = _input_dtype(self.unet, "conv_in"), _input_dtype(self.vae, "encoder.conv_in")
 
@@ -373,10 +384,12 @@ class StableMTLPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """One UNet call for every (image, task): ``[B,4,h,w]`` latents of both frames, ``[T,L,D]`` task
         tokens -> x0 latents ``[B*T,4,h,w]`` ordered image-major (all tasks of image 0, then image 1, ...).
-        Tasks with ``pair_mask`` False see the first frame twice."""
+        Tasks with ``pair_mask`` False get ``config.second_frame``: the first frame again or zeros."""
         count, tasks = first.shape[0], condition.shape[0]
         z1 = first.repeat_interleave(tasks, dim=0)  # [B*T,4,h,w]
-        z2 = torch.where(pair_mask.repeat(count)[:, None, None, None], second.repeat_interleave(tasks, 0), z1)
+        fallback = z1 if self.config.second_frame == "duplicate" else torch.zeros_like(z1)
+        pairs = pair_mask.repeat(count)[:, None, None, None]
+        z2 = torch.where(pairs, second.repeat_interleave(tasks, 0), fallback)
         if self.config.input_noise == "random":
             target = randn_tensor(z1.shape, generator=generator, device=z1.device, dtype=z1.dtype)
         else:

@@ -450,3 +450,22 @@ def test_resized_predictions_decode_each_image_once_and_the_bar_shows_progress(p
     # normal: a one-pixel probe, then one decode at the input size (after resizing the image);
     # semantic: the probe, one decode at the processing size, then the ids are resized.
     assert sizes == [("normal", 1, 1), ("normal", 37, 45), ("semantic", 1, 1), ("semantic", 26, 32)]
+
+
+def test_second_frame_zero_feeds_zeros_to_tasks_without_a_frame_pair(base):
+    from stablemtl.tasks import get_task
+
+    pipe = _fresh(base, tasks=["depth", "optical_flow"])
+    pipe.register_to_config(second_frame="zero")
+    image = _frames(1, 32, 32)
+    out = pipe(image, tasks=["depth", "optical_flow"], output_type="pt")  # no next_image: flow falls back too
+    with torch.no_grad():
+        z1 = pipe.encode_images(image * 2 - 1)
+        for task in ("depth", "optical_flow"):
+            condition, _ = pipe.task_embeddings.batch([task])
+            sample = torch.cat([z1, torch.zeros_like(z1), torch.zeros_like(z1)], dim=1)
+            x0 = pipe.unet(sample, torch.tensor([999]), encoder_hidden_states=condition).sample
+            expected = get_task(task).decode(pipe.decode_latents(x0))
+            torch.testing.assert_close(out.predictions[task], expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="second_frame"):
+        StableMTLPipeline(pipe.unet, pipe.vae, pipe.scheduler, second_frame="blank")

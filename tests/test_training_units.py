@@ -213,3 +213,21 @@ def test_micro_step_clips_the_gradient_norm_and_returns_it_before_clipping():
     _, norm = micro_step(accelerator, model, objective, optimizer, [], max_grad_norm=5.0)
     assert float(norm) == pytest.approx(0.5)
     torch.testing.assert_close(model.weight.detach(), torch.tensor([[-3.3, -4.4]]))
+
+
+def test_a_save_killed_between_its_two_renames_keeps_the_old_checkpoint(tmp_path: Path):
+    # save_checkpoint of an existing step N moves checkpoint-N aside, then renames the new copy into
+    # place: killed in between, both copies are .tmp-checkpoint-* folders and checkpoint-N is missing.
+    def folder(name: str, content: str) -> None:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_text(content)
+
+    folder(".tmp-checkpoint-4-old", "step 4, first save")
+    folder(".tmp-checkpoint-4", "step 4, second save (maybe incomplete)")
+    folder("checkpoint-2", "step 2, second save")
+    folder(".tmp-checkpoint-2-old", "step 2, first save")  # killed after both renames
+    remove_incomplete(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert (tmp_path / "checkpoint-4" / "model.safetensors").read_text() == "step 4, first save"
+    assert (tmp_path / "checkpoint-2" / "model.safetensors").read_text() == "step 2, second save"
+    assert resolve_resume("latest", tmp_path).name == "checkpoint-4"

@@ -67,11 +67,21 @@ def checkpoint_step(path: str | os.PathLike) -> int:
 
 
 def remove_incomplete(output_dir: str | os.PathLike) -> None:
-    """Delete temporary folders left by a run killed while saving (main process only)."""
+    """Delete temporary folders left by a run killed while saving (main process only).
+
+    A ``.tmp-checkpoint-N-old`` folder is a complete checkpoint moved aside while step ``N`` was saved
+    again: when ``checkpoint-N`` is missing (killed between the two renames) it is put back, not deleted.
+    """
     root = Path(output_dir)
-    if root.is_dir():
-        for path in root.glob(f"{_TMP_PREFIX}*"):
-            shutil.rmtree(path, ignore_errors=True)
+    if not root.is_dir():
+        return
+    for path in sorted(root.glob(f"{_TMP_PREFIX}*-old")):
+        final = root / f"checkpoint-{path.name[len(_TMP_PREFIX) : -len('-old')]}"
+        if _NAME.match(final.name) and not final.exists():
+            logger.info("restoring %s from %s (a save was interrupted)", final, path)
+            os.replace(path, final)
+    for path in root.glob(f"{_TMP_PREFIX}*"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def save_checkpoint(

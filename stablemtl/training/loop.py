@@ -8,6 +8,7 @@ sampler, log, checkpoint, validate. The final UNet is saved as a ``StableMTLPipe
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from stablemtl.data import load_source
 from stablemtl.pipelines.pipeline_stablemtl import StableMTLPipeline
 from stablemtl.training.checkpointing import (
     checkpoint_step,
@@ -89,6 +91,12 @@ def _weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
 
+def validation_sources(config: TrainConfig) -> list:
+    """The validation sources, unaugmented: ``validation_data``, else the training folders."""
+    folders = config.validation_data or config.train_data
+    return [load_source(path, augment=False, seed=config.seed) for path in folders]
+
+
 def save_final_pipeline(
     pipe: StableMTLPipeline, unet: UNet2DConditionModel, output_dir: str | os.PathLike, config: TrainConfig
 ) -> Path:
@@ -96,7 +104,8 @@ def save_final_pipeline(
 
     The pipeline writes itself atomically into a hidden sibling; its entries are then moved into
     ``output_dir`` (which also holds checkpoints and logs), ``model_index.json`` last, so the folder
-    loads only once it is complete.
+    loads only once it is complete. The VAE is saved as ``pipe`` holds it: keep it in float32 (training
+    encodes with its own low-precision copy) so that the saved VAE is the base's, bit for bit.
     """
     output_dir = Path(output_dir)
     pipe.register_modules(unet=unet)
@@ -113,6 +122,8 @@ def save_final_pipeline(
     tmp = output_dir / ".tmp-pipeline"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    # A previous pipeline's index would make a half-replaced folder look complete; the new one comes last.
+    (output_dir / "model_index.json").unlink(missing_ok=True)
     for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):
         target = output_dir / entry.name
         if target.is_dir():
@@ -149,17 +160,18 @@ def train(config: TrainConfig, on_micro_batch: MicroBatchHook | None = None) -> 
     accelerator.wait_for_everyone()
 
     # 1. data and model
-    sampler, loader, datasets = build_training_data(
-        config, accelerator.process_index, accelerator.num_processes
-    )
+    sampler, loader, _ = build_training_data(config, accelerator.process_index, accelerator.num_processes)
     tasks = sampler.tasks
     pipe = load_pipeline(config.resolve_base(), tasks, revision=config.revision)
-    unet, vae = pipe.unet, pipe.vae
+    # The saved pipeline must infer as the objective trains.
+    pipe.register_to_config(timestep=config.timestep, second_frame=config.second_frame)
+    unet = pipe.unet
     _check_backends(config, accelerator, unet)
     weight_dtype = _weight_dtype(accelerator.mixed_precision)
+    # Under mixed precision the objective encodes with a low-precision copy: casting pipe.vae in place
+    # would round the frozen weights that the final pipeline saves.
+    vae = pipe.vae if weight_dtype == pipe.vae.dtype else copy.deepcopy(pipe.vae).to(dtype=weight_dtype)
     vae.to(accelerator.device)
-    if weight_dtype != vae.dtype:
-        vae.to(dtype=weight_dtype)
     objective = StableMTLObjective(vae, pipe.task_embeddings, config.timestep, config.second_frame)
 
     # 2. optimisation
@@ -193,13 +205,8 @@ def train(config: TrainConfig, on_micro_batch: MicroBatchHook | None = None) -> 
             raise ValueError(f"{resume}: sampler position {sampler.windows_done} != step {global_step}")
         logger.info("resumed from %s at step %d", resume, global_step)
 
-    val_sources = datasets
-    if config.validation_data:
-        from stablemtl.data import load_source
-
-        val_sources = [load_source(p, augment=False, seed=config.seed) for p in config.validation_data]
     val_groups = (
-        validation_groups(val_sources, tasks, config.num_validation_images)
+        validation_groups(validation_sources(config), tasks, config.num_validation_images)
         if accelerator.is_main_process
         else []
     )
