@@ -115,6 +115,15 @@ def random_crops(images: torch.Tensor, n: int, size: int, generator: torch.Gener
     return torch.stack([images[i, :, t : t + size, s : s + size] for i, t, s in zip(picks, tops, lefts)])
 
 
+def optimizer_step(accelerator: Accelerator, model, loss: torch.Tensor, optimizer, scheduler) -> None:
+    """Backward, clip the gradient norm to 1, step the optimizer and the LR schedule."""
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def train_vae(accelerator: Accelerator, vae, images: torch.Tensor, args, generator: torch.Generator) -> None:
     vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
@@ -133,11 +142,7 @@ def train_vae(accelerator: Accelerator, vae, images: torch.Tensor, args, generat
         # L1 keeps edges (palette colours, normals) sharp; the tiny KL keeps the latent well scaled.
         loss = F.l1_loss(reconstruction.float(), batch) + F.mse_loss(reconstruction.float(), batch)
         loss = loss + args.vae_kl_weight * posterior.kl().mean()
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(vae_model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(accelerator, vae_model, loss, optimizer, scheduler)
         bar.set_postfix(loss=f"{loss.item():.4f}")
     vae.eval().requires_grad_(False)
 
@@ -178,11 +183,7 @@ def train_unet(accelerator, unet, vae, text_encoder, tokenizer, pool, args, gene
                 noisy, timesteps, embeddings[caption_index[pick]].to(accelerator.device)
             ).sample
         loss = F.mse_loss(prediction.float(), noise)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(unet_model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(accelerator, unet_model, loss, optimizer, scheduler)
         bar.set_postfix(loss=f"{loss.item():.4f}")
     unet.eval().requires_grad_(False)
 

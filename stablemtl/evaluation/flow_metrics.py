@@ -47,6 +47,17 @@ class _FlowMetrics(DenseMetric):
             pred = pred * per_axis_nonnegative_scale(pred, gt)
         return pred, gt
 
+    def _endpoint_errors(self, prediction, label, valid) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Accumulate the EPE sum and pixel count of one image; return ``(epe [N], gt [N, C])``."""
+        vectors = self._vectors(prediction, label, valid)
+        if vectors is None:
+            return None
+        pred, gt = vectors
+        epe = (pred - gt).norm(dim=1)
+        self.sum_epe += epe.sum()
+        self.num_pixels += epe.numel()
+        return epe, gt
+
 
 class OpticalFlowMetrics(_FlowMetrics):
     """Optical flow: ``epe`` (pixels) and ``fl_all`` (%, pixels with EPE > 3 px and > 5 % of ‖gt‖).
@@ -74,13 +85,10 @@ class OpticalFlowMetrics(_FlowMetrics):
         return resized
 
     def _update_image(self, prediction: torch.Tensor, label: torch.Tensor, valid: torch.Tensor) -> bool:
-        vectors = self._vectors(prediction, label, valid)
-        if vectors is None:
+        errors = self._endpoint_errors(prediction, label, valid)
+        if errors is None:
             return False
-        pred, gt = vectors
-        epe = (pred - gt).norm(dim=1)
-        self.sum_epe += epe.sum()
-        self.num_pixels += epe.numel()
+        epe, gt = errors
         self.num_outliers += ((epe > 3.0) & (epe > 0.05 * gt.norm(dim=1))).sum()
         return True
 
@@ -117,14 +125,11 @@ class SceneFlowMetrics(_FlowMetrics):
         return {**super().config(), "accuracy_rules": rules}
 
     def _update_image(self, prediction: torch.Tensor, label: torch.Tensor, valid: torch.Tensor) -> bool:
-        vectors = self._vectors(prediction, label, valid)
-        if vectors is None:
+        errors = self._endpoint_errors(prediction, label, valid)
+        if errors is None:
             return False
-        pred, gt = vectors
-        epe = (pred - gt).norm(dim=1)
+        epe, gt = errors
         rel = epe / (gt.norm(dim=1) + 1e-4)
-        self.sum_epe += epe.sum()
-        self.num_pixels += epe.numel()
         self.counts += torch.stack(
             [
                 ((epe < 0.05) | (rel < 0.05)).sum(),
