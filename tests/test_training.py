@@ -254,6 +254,15 @@ def test_bf16_checkpointing_ema_adamw_and_adaptive_sampling_run_and_save_the_ema
     assert (
         set(last["tasks"]) == {"depth", "semantic"} and last["tasks"][:4] == ["depth"] * 2 + ["semantic"] * 2
     )
+    # The sampler and EMA states are safetensors + JSON; the only pickle is accelerate's RNG state.
+    names = sorted(p.name for p in (tmp_path / "checkpoint-9").iterdir())
+    assert {"sampler.safetensors", "ema.safetensors", "ema.json"} <= set(names)
+    assert [n for n in names if n.endswith(".pkl")] == ["random_states_0.pkl"]
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    settings.update(use_ema=False, resume_from_checkpoint="latest")
+    with pytest.raises(ValueError, match="holds an EMA state but use_ema is off"):
+        train(load_config(None, **settings))
 
 
 def test_unavailable_backends_fail_with_a_clear_message(assets, tmp_path):

@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file
 
+from stablemtl.data.sampler import SourceInfo, TaskIsolatedSampler
 from stablemtl.training.checkpointing import (
     latest_checkpoint,
     list_checkpoints,
@@ -16,6 +19,7 @@ from stablemtl.training.checkpointing import (
     save_checkpoint,
 )
 from stablemtl.training.config import TrainConfig, load_config, parse_args
+from stablemtl.training.extra_state import load_extra_state
 from stablemtl.training.loss import masked_latent_mse
 from stablemtl.training.schedule import get_warmup_exponential_scheduler, warmup_exponential_factor
 from stablemtl.training.step import micro_step
@@ -180,6 +184,59 @@ def test_checkpoints_are_atomic_rotated_and_resumable(tmp_path: Path):
     assert resolve_resume("latest", tmp_path / "empty") is None
     with pytest.raises(ValueError, match="checkpoint-<step>"):
         resolve_resume("checkpoint-7", tmp_path)
+
+
+def _trained_sampler_and_ema(windows: int) -> tuple[TaskIsolatedSampler, EMAModel, torch.nn.Linear]:
+    sources = [SourceInfo("indoor", 6, ("depth", "normal")), SourceInfo("street", 5, ("depth",))]
+    sampler = TaskIsolatedSampler(sources, ["depth", "normal"], 2, 1, seed=4, task_sampling="adaptive")
+    model = torch.nn.Linear(3, 2)
+    ema = EMAModel(model.parameters(), decay=0.5)
+    it = iter(sampler)
+    for w in range(windows):
+        window = next(it)
+        sampler.report(window[0][0], 1.0 / (w + 1))
+        with torch.no_grad():
+            model.weight.add_(w + 1)
+        ema.step(model.parameters())
+    return sampler, ema, model
+
+
+def test_sampler_and_ema_are_saved_as_safetensors_and_restored_exactly(tmp_path: Path):
+    accelerator = Accelerator(cpu=True)
+    sampler, ema, _ = _trained_sampler_and_ema(3)
+    folder = save_checkpoint(accelerator, tmp_path, 3, sampler=sampler, ema=ema)
+    names = sorted(p.name for p in folder.iterdir())
+    assert {"sampler.safetensors", "ema.safetensors", "ema.json"} <= set(names)
+    # Only accelerate's own RNG states are pickles: no custom_checkpoint_N.pkl any more.
+    assert [n for n in names if n.endswith(".pkl")] == ["random_states_0.pkl"]
+    assert load_file(str(folder / "sampler.safetensors"))["windows_done"].item() == 3
+
+    fresh_sampler, fresh_ema, _ = _trained_sampler_and_ema(0)
+    load_extra_state(folder, fresh_sampler, fresh_ema, "cpu")
+    assert fresh_sampler.windows_done == 3 and fresh_sampler.window_tasks == sampler.window_tasks
+    assert torch.equal(fresh_sampler.adaptive.average, sampler.adaptive.average)
+    assert fresh_ema.optimization_step == ema.optimization_step == 3
+    assert all(torch.equal(a, b) for a, b in zip(fresh_ema.shadow_params, ema.shadow_params))
+    # The restored sampler continues exactly where the saved one would have.
+    assert next(iter(fresh_sampler)) == next(iter(sampler))
+
+
+def test_resuming_with_the_other_use_ema_or_without_the_sampler_file_is_a_clear_error(tmp_path: Path):
+    accelerator = Accelerator(cpu=True)
+    sampler, ema, _ = _trained_sampler_and_ema(2)
+    with_ema = save_checkpoint(accelerator, tmp_path / "ema", 2, sampler=sampler, ema=ema)
+    without_ema = save_checkpoint(accelerator, tmp_path / "plain", 2, sampler=sampler)
+    fresh_sampler, fresh_ema, _ = _trained_sampler_and_ema(0)
+    with pytest.raises(ValueError, match="holds an EMA state but use_ema is off"):
+        load_extra_state(with_ema, fresh_sampler, None, "cpu")
+    with pytest.raises(ValueError, match="holds no EMA state but use_ema is on"):
+        load_extra_state(without_ema, fresh_sampler, fresh_ema, "cpu")
+    (with_ema / "ema.json").unlink()
+    with pytest.raises(ValueError, match=r"ema\.json is missing"):
+        load_extra_state(with_ema, fresh_sampler, fresh_ema, "cpu")
+    (without_ema / "sampler.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"sampler\.safetensors is missing"):
+        load_extra_state(without_ema, fresh_sampler, None, "cpu")
 
 
 # -- one micro-batch ---------------------------------------------------------------------------------

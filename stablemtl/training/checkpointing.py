@@ -4,6 +4,11 @@ A checkpoint is written by ``accelerator.save_state`` into a hidden temporary fo
 place only when every process has finished writing: a folder named ``checkpoint-N`` is always
 complete, so a run killed while saving resumes from the previous one. Rotation runs after the rename
 and keeps the newest ``total_limit`` complete checkpoints, so the last complete one is never deleted.
+
+The sampler and EMA states are not registered with ``accelerator.register_for_checkpointing`` (that
+pickles them): :func:`save_checkpoint` writes them as safetensors + JSON into the temporary folder
+(see :mod:`stablemtl.training.extra_state`), so they are renamed into place with the rest. accelerate's
+own files (``optimizer.bin``, ``scheduler.bin``, ``random_states_<rank>.pkl``) stay as it writes them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
+from diffusers.training_utils import EMAModel
+
+from stablemtl.data.sampler import TaskIsolatedSampler
+from stablemtl.training.extra_state import save_extra_state
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +94,22 @@ def remove_incomplete(output_dir: str | os.PathLike) -> None:
 
 
 def save_checkpoint(
-    accelerator: Accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None = None
+    accelerator: Accelerator,
+    output_dir: str | os.PathLike,
+    step: int,
+    total_limit: int | None = None,
+    sampler: TaskIsolatedSampler | None = None,
+    ema: EMAModel | None = None,
 ) -> Path:
-    """Save the full training state at optimizer ``step``; call on every process. Returns the folder."""
+    """Save the full training state at optimizer ``step``; call on every process. Returns the folder.
+
+    ``sampler`` (and ``ema``) are written as ``sampler.safetensors`` (and ``ema.safetensors`` +
+    ``ema.json``) next to accelerate's files, before the folder is renamed into place.
+    """
+    if ema is not None and sampler is None:
+        raise ValueError(
+            "save_checkpoint: ema given without sampler; pass both (the loop always has a sampler)"
+        )
     root = Path(output_dir)
     final = root / f"checkpoint-{step}"
     tmp = root / f"{_TMP_PREFIX}{step}"
@@ -96,6 +118,8 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process and sampler is not None:
+        save_extra_state(tmp, sampler, ema)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():  # the same step saved again (e.g. the final step after a resume)

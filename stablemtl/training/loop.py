@@ -36,6 +36,7 @@ from stablemtl.training.checkpointing import (
 from stablemtl.training.components import load_pipeline
 from stablemtl.training.config import TrainConfig
 from stablemtl.training.data import build_training_data
+from stablemtl.training.extra_state import load_extra_state
 from stablemtl.training.objective import StableMTLObjective
 from stablemtl.training.schedule import get_warmup_exponential_scheduler
 from stablemtl.training.step import micro_step
@@ -191,15 +192,15 @@ def train(config: TrainConfig, on_micro_batch: MicroBatchHook | None = None) -> 
             model_config=unet.config,
         )
         ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+    # The sampler and EMA are saved by save_checkpoint as safetensors, not registered (which pickles).
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-    accelerator.register_for_checkpointing(sampler)
 
     # 3. resume
     global_step = 0
     resume = resolve_resume(config.resume_from_checkpoint, output_dir)
     if resume is not None:
         accelerator.load_state(str(resume))
+        load_extra_state(resume, sampler, ema, accelerator.device)
         global_step = checkpoint_step(resume)
         if sampler.windows_done != global_step:
             raise ValueError(f"{resume}: sampler position {sampler.windows_done} != step {global_step}")
@@ -280,7 +281,9 @@ def train(config: TrainConfig, on_micro_batch: MicroBatchHook | None = None) -> 
         progress.set_postfix(task=task or "joint", loss=f"{mean_loss:.4f}")
 
         if global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps:
-            save_checkpoint(accelerator, output_dir, global_step, config.checkpoints_total_limit)
+            save_checkpoint(
+                accelerator, output_dir, global_step, config.checkpoints_total_limit, sampler=sampler, ema=ema
+            )
         if global_step % config.validation_steps == 0:
             if accelerator.is_main_process and val_groups:
                 _validate(
