@@ -1,7 +1,7 @@
 """The sampler and EMA states of a checkpoint as safetensors (+ JSON scalars), never pickles.
 
-``accelerator.register_for_checkpointing`` would pickle them into ``custom_checkpoint_N.pkl``, loaded
-back with ``torch.load(weights_only=False)`` (an untrusted checkpoint could run code) and indexed by
+``accelerator.register_for_checkpointing`` would pickle them into ``custom_checkpoint_N.pkl``, which
+accelerate unpickles in full on resume (an untrusted checkpoint could run code), indexed by
 registration order. Instead :func:`save_extra_state` writes, into the checkpoint folder:
 
 - ``sampler.safetensors``: :meth:`TaskIsolatedSampler.state_dict` (tensors only, so no ``sampler.json``);
