@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import BaseOutput, logging
-from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from stablemtl.hub import make_model_card, push_folder_to_hub
 from stablemtl.models.conv_in import widen_conv_in
+from stablemtl.models.latent_step import LatentStep, LatentStepSettings
 from stablemtl.models.task_tokens import TaskEmbeddings
 from stablemtl.pipelines.image_processor import RESAMPLE_METHODS, ImageInput, StableMTLImageProcessor
 from stablemtl.tasks import check_tasks, get_task, task_names
@@ -37,8 +37,6 @@ from stablemtl.tasks import check_tasks, get_task, task_names
 logger = logging.get_logger(__name__)
 
 PIPELINE_FILE = "pipeline_stablemtl.py"
-INPUT_NOISE_MODES = ("deterministic", "random")
-SECOND_FRAME_MODES = ("duplicate", "zero")
 
 
 @dataclass
@@ -100,12 +98,9 @@ class StableMTLPipeline(DiffusionPipeline):
         second_frame: str = "duplicate",
     ):
         super().__init__()
-        if input_noise not in INPUT_NOISE_MODES:
-            raise ValueError(f"input_noise={input_noise!r} must be one of {INPUT_NOISE_MODES}")
-        if second_frame not in SECOND_FRAME_MODES:
-            raise ValueError(f"second_frame={second_frame!r} must be one of {SECOND_FRAME_MODES}")
-        if not 0 <= timestep < scheduler.config.num_train_timesteps:
-            raise ValueError(f"timestep={timestep} must lie in [0, {scheduler.config.num_train_timesteps})")
+        LatentStepSettings(int(timestep), second_frame, input_noise).validate(
+            scheduler.config.num_train_timesteps
+        )
         self.register_modules(
             unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer
         )
@@ -320,18 +315,18 @@ class StableMTLPipeline(DiffusionPipeline):
         pair_mask = torch.tensor(pair_tasks, device=device)  # [T]
 
         # 4. Predict batch by batch: one VAE encode of all frames, one UNet call for all tasks, one decode.
-        decoded = []
+        step, decoded = self.latent_step, []
         for start in self.progress_bar(range(0, num_images, batch_size)):
             batch = frames[start : start + batch_size]  # [B,3,PPH,PPW]
             count = batch.shape[0]
             if next_frames is not None:
                 batch = torch.cat([batch, next_frames[start : start + batch_size]])  # [2B,3,PPH,PPW]
-            latents = self.encode_images(batch, vae_dtype).to(dtype)  # [B or 2B,4,h,w]
+            latents = step.encode(batch, vae_dtype).to(dtype)  # [B or 2B,4,h,w]
             first, second = latents[:count], latents[count:] if next_frames is not None else latents
             x0 = self.predict_latents(
                 first, second, condition, condition_mask, pair_mask, generator
             )  # [B*T,4,h,w]
-            image3 = self.decode_latents(x0, vae_dtype)  # [B*T,3,PPH,PPW] float32
+            image3 = step.decode(x0)  # [B*T,3,PPH,PPW] float32
             decoded.append(image3.unflatten(0, (count, len(tasks))))  # [B,T,3,PPH,PPW]
         image3 = torch.cat(decoded)  # [N,T,3,PPH,PPW]
 
@@ -365,13 +360,13 @@ class StableMTLPipeline(DiffusionPipeline):
         return output.predictions
 
     # -- steps ----------------------------------------------------------------------------------------------
-    def encode_images(self, images: torch.Tensor, vae_dtype: torch.dtype | None = None) -> torch.Tensor:
-        """``(N, 3, H, W)`` in [-1, 1] -> scaled posterior-mean latents ``(N, 4, H/8, W/8)`` (spec §1.1).
-
-        ``vae_dtype``: the VAE's dtype when the caller knows it (saves a walk over the VAE's modules)."""
-        vae_dtype = self.vae.dtype if vae_dtype is None else vae_dtype
-        posterior = self.vae.encode(images.to(vae_dtype)).latent_dist
-        return posterior.mode() * self.vae.config.scaling_factor
+    @property
+    def latent_step(self) -> LatentStep:
+        """The shared latent step (VAE encode/decode, UNet input, timestep) with this pipeline's settings."""
+        settings = LatentStepSettings(
+            self.config.timestep, self.config.second_frame, self.config.input_noise
+        )
+        return LatentStep(self.vae, settings)
 
     def predict_latents(
         self,
@@ -380,45 +375,22 @@ class StableMTLPipeline(DiffusionPipeline):
         condition: torch.Tensor,
         condition_mask: torch.Tensor | None,
         pair_mask: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """One UNet call for every (image, task): ``[B,4,h,w]`` latents of both frames, ``[T,L,D]`` task
         tokens -> x0 latents ``[B*T,4,h,w]`` ordered image-major (all tasks of image 0, then image 1, ...).
         Tasks with ``pair_mask`` False get ``config.second_frame``: the first frame again or zeros."""
         count, tasks = first.shape[0], condition.shape[0]
-        z1 = first.repeat_interleave(tasks, dim=0)  # [B*T,4,h,w]
-        fallback = z1 if self.config.second_frame == "duplicate" else torch.zeros_like(z1)
-        pairs = pair_mask.repeat(count)[:, None, None, None]
-        z2 = torch.where(pairs, second.repeat_interleave(tasks, 0), fallback)
-        if self.config.input_noise == "random":
-            target = randn_tensor(z1.shape, generator=generator, device=z1.device, dtype=z1.dtype)
-        else:
-            target = torch.zeros_like(z1)  # [B*T,4,h,w]
-        sample = torch.cat([z1, z2, target], dim=1)  # [B*T,12,h,w]
+        step = self.latent_step
+        sample = step.unet_input(
+            first.repeat_interleave(tasks, dim=0),  # [B*T,4,h,w]
+            second.repeat_interleave(tasks, dim=0),
+            has_pair=pair_mask.repeat(count),
+            generator=generator,
+        )  # [B*T,12,h,w]
         hidden = condition.repeat(count, 1, 1)  # [B*T,L,D]
         mask = None if condition_mask is None else condition_mask.repeat(count, 1)  # [B*T,L]
-        timestep = torch.full(
-            (sample.shape[0],), self.config.timestep, device=sample.device, dtype=torch.long
-        )
-        return self.unet(
-            sample, timestep, encoder_hidden_states=hidden, encoder_attention_mask=mask, return_dict=False
-        )[0]
-
-    def decode_latents(self, latents: torch.Tensor, vae_dtype: torch.dtype | None = None) -> torch.Tensor:
-        """x0 latents ``[N,4,h,w]`` -> images ``[N,3,8h,8w]`` float32, about [-1, 1].
-
-        A float16 VAE marked ``force_upcast`` decodes in float32 (SD's VAE overflows in half precision).
-        ``vae_dtype``: the VAE's dtype when the caller knows it (saves a walk over the VAE's modules)."""
-        vae_dtype = self.vae.dtype if vae_dtype is None else vae_dtype
-        upcast = vae_dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
-        if upcast:
-            self.vae.to(torch.float32)
-        try:
-            scaled = latents.to(torch.float32 if upcast else vae_dtype) / self.vae.config.scaling_factor
-            return self.vae.decode(scaled, return_dict=False)[0].float()
-        finally:
-            if upcast:
-                self.vae.to(vae_dtype)
+        return step.predict(self.unet, sample, hidden, mask)
 
     def decode_prediction(
         self, task: str, image3: torch.Tensor, size: tuple[int, int] | None, resample_method: str

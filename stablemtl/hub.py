@@ -147,8 +147,9 @@ def push_folder_to_hub(
     private: bool | None = None,
     commit_message: str | None = None,
     create_pr: bool = False,
+    ignore_patterns: list[str] | None = None,
 ) -> str:
-    """Create ``repo_id`` if needed and upload ``folder``; return the commit URL."""
+    """Create ``repo_id`` if needed, upload ``folder`` less ``ignore_patterns``; return the commit URL."""
     repo_id = create_repo(repo_id, exist_ok=True, private=private, token=token).repo_id
     info = upload_folder(
         repo_id=repo_id,
@@ -156,5 +157,6 @@ def push_folder_to_hub(
         token=token,
         commit_message=commit_message or "Upload stablemtl pipeline",
         create_pr=create_pr,
+        ignore_patterns=ignore_patterns,
     )
     return str(info)

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -140,7 +141,8 @@ def test_batch_equals_one_by_one(pipe):
     for i in range(3):
         single = pipe(images[i], next_image=next_images[i], tasks=tasks, output_type="pt")
         for task in ("depth", "normal", "optical_flow"):
-            torch.testing.assert_close(batched[task][i : i + 1], single[task], atol=1e-5, rtol=1e-4)
+            # float32 conv kernels differ with the batch size by ~1e-5, amplified by depth normalisation
+            torch.testing.assert_close(batched[task][i : i + 1], single[task], atol=1e-4, rtol=1e-4)
         agreement = (batched.semantic[i : i + 1] == single.semantic).float().mean()
         assert agreement > 0.999  # ids can only flip on an exact tie between two palette colours
 
@@ -314,11 +316,20 @@ def test_reduced_precision_paths(base):
     assert out.depth.dtype == torch.float32 and torch.isfinite(out.depth).all()
     assert (out.depth - reference.depth).abs().mean() < 0.05
     torch.testing.assert_close(out.normal.norm(dim=1), torch.ones(1, 37, 45), atol=1e-4, rtol=0)
-    # A half-precision VAE that asks for it decodes in float32 and is restored afterwards.
+    # A half-precision VAE that asks for it (force_upcast) decodes in float32: its decoder is upcast once
+    # and stays so, silently; the encoder keeps half precision.
     pipe.vae.to(torch.float16)
-    latents = torch.zeros(1, 4, 2, 2, dtype=torch.bfloat16)
-    decoded = pipe.decode_latents(latents)
-    assert decoded.dtype == torch.float32 and pipe.vae.dtype == torch.float16
+    assert pipe.vae.config.force_upcast
+    latents = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decoded = pipe.latent_step.decode(latents)
+        again = pipe.latent_step.decode(latents)
+    assert decoded.dtype == torch.float32 and torch.equal(decoded, again)
+    assert pipe.vae.encoder.conv_in.weight.dtype == torch.float16
+    assert pipe.vae.decoder.conv_in.weight.dtype == torch.float32
+    half = pipe(_frames(), tasks=["depth"], output_type="pt").depth
+    assert torch.isfinite(half).all() and (half - reference.depth).abs().mean() < 0.05
 
 
 def test_random_input_noise_uses_the_generator(base):
@@ -460,12 +471,12 @@ def test_second_frame_zero_feeds_zeros_to_tasks_without_a_frame_pair(base):
     image = _frames(1, 32, 32)
     out = pipe(image, tasks=["depth", "optical_flow"], output_type="pt")  # no next_image: flow falls back too
     with torch.no_grad():
-        z1 = pipe.encode_images(image * 2 - 1)
+        z1 = pipe.latent_step.encode(image * 2 - 1)
         for task in ("depth", "optical_flow"):
             condition, _ = pipe.task_embeddings.batch([task])
             sample = torch.cat([z1, torch.zeros_like(z1), torch.zeros_like(z1)], dim=1)
             x0 = pipe.unet(sample, torch.tensor([999]), encoder_hidden_states=condition).sample
-            expected = get_task(task).decode(pipe.decode_latents(x0))
+            expected = get_task(task).decode(pipe.latent_step.decode(x0))
             torch.testing.assert_close(out.predictions[task], expected, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="second_frame"):
         StableMTLPipeline(pipe.unet, pipe.vae, pipe.scheduler, second_frame="blank")

@@ -16,7 +16,7 @@ from stablemtl.evaluation import evaluate
 from stablemtl.models import TaskEmbeddings
 from stablemtl.tasks import check_tasks, get_task, task_names, unregister_task
 from stablemtl.testing import make_tiny_sd_folder
-from stablemtl.training.objective import StableMTLObjective
+from stablemtl.training.objectives.single_stream import StableMTLObjective
 
 # The whole new file a user writes: the horizontal luminance gradient, which changes sign under an
 # h-flip (so the registry's flip rule is exercised too).
@@ -111,11 +111,11 @@ def test_an_eighth_task_file_works_end_to_end(toy_task, tmp_path):
     )
     saved = TaskEmbeddings.load(pipe.task_embeddings.save(tmp_path / "tokens"))
     assert torch.equal(saved["x_gradient"], pipe.task_embeddings["x_gradient"])
-    objective = StableMTLObjective(pipe.vae, pipe.task_embeddings)
+    objective = StableMTLObjective(pipe)
     prepared = objective.prepare([batch])
     assert prepared.tasks == ["x_gradient", "x_gradient"] and prepared.mask.shape[-2:] == (2, 2)
     pipe.unet.train()
-    loss = objective.loss(pipe.unet, prepared)
+    loss = objective.loss({"unet": pipe.unet}, [batch])
     loss.backward()
     assert torch.isfinite(loss) and pipe.unet.conv_in.weight.grad.abs().sum() > 0
     pipe.unet.zero_grad(set_to_none=True)
