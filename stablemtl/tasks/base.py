@@ -43,7 +43,8 @@ class Task(ABC):
     # a discrete task (class ids), which is resized by nearest neighbour and never interpolated.
     prediction_channels: ClassVar[int]
     prediction_dtype: ClassVar[torch.dtype] = torch.float32
-    # One line for model cards: shape, dtype, range and meaning of the prediction.
+    # One line for model cards: the shape written "(B,C,H,W)" with C = prediction_channels, then
+    # dtype, range and meaning of the prediction.
     output_space: str
     # Discrete tasks: one name per class id, and the id of unlabelled pixels.
     class_names: tuple[str, ...] = ()
