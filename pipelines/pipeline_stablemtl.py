@@ -400,8 +400,7 @@ class StableMTLPipeline(DiffusionPipeline):
         decoder = get_task(task)
         if size is None or tuple(image3.shape[-2:]) == tuple(size):
             return decoder.decode(image3)
-        # Decode each image once: a one-pixel probe tells float outputs from class ids.
-        if decoder.decode(image3[:1, :, :1, :1]).is_floating_point():
+        if not decoder.is_discrete:
             resized = self.image_processor.resize_antialias(image3, size, resample_method, is_aa=False)
             return decoder.decode(resized)
         prediction = decoder.decode(image3)

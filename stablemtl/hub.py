@@ -13,17 +13,8 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
 
-# What each built-in task's prediction means (the Predictor contract); new tasks fall back to their name.
-OUTPUT_SPACES = {
-    "semantic": "class ids (B,1,H,W) int64: 0 road, 1 building, 2 pole, 3 traffic light, 4 traffic sign, "
-    "5 vegetation, 6 sky, 7 vehicle",
-    "depth": "affine-invariant depth (B,1,H,W) in [0,1], 0 = near; align scale and shift before metric use",
-    "normal": "unit camera-space normals (B,3,H,W); +x image-left, +y up, +z towards the camera",
-    "optical_flow": "optical flow (B,2,H,W) per-axis normalised to [-1,1] (u right, v down); needs a pair",
-    "scene_flow": "scene flow (B,3,H,W) per-axis normalised to [-1,1] (OpenCV camera axes); needs a pair",
-    "albedo": "linear albedo (B,3,H,W) in [0,1]",
-    "shading": "grey shading (B,1,H,W) in [0,1]",
-}
+from stablemtl.tasks import get_task
+
 # Licences of the usual bases; the weights derived from a base inherit its licence.
 BASE_LICENSES = {
     "stabilityai/stable-diffusion-2": "openrail++",
@@ -82,8 +73,7 @@ def make_model_card(
         base_model=str(base) if base and "/" in str(base) and not os.path.exists(str(base)) else None,
     )
     task_lines = "\n".join(
-        f'- `{t}` (prompt "{prompts.get(t, t.replace("_", " "))}"): {OUTPUT_SPACES.get(t, "see its Task")}'
-        for t in tasks
+        f'- `{t}` (prompt "{prompts.get(t, get_task(t).prompt)}"): {get_task(t).output_space}' for t in tasks
     )
     training = [
         f"- {key.replace('_', ' ')}: {value}" for key, value in info.items() if key not in ("metrics",)

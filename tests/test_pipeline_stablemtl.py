@@ -15,18 +15,10 @@ from PIL import Image
 from stablemtl import StableMTLPipeline
 from stablemtl.hub import make_model_card
 from stablemtl.models.task_tokens import TaskEmbeddings
+from stablemtl.tasks import get_task
 from stablemtl.testing import make_tiny_sd_folder
 
 ALL_TASKS = ["semantic", "depth", "normal", "optical_flow", "scene_flow", "albedo", "shading"]
-CHANNELS = {
-    "semantic": 1,
-    "depth": 1,
-    "normal": 3,
-    "optical_flow": 2,
-    "scene_flow": 3,
-    "albedo": 3,
-    "shading": 1,
-}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -81,7 +73,8 @@ def test_every_task_has_the_contract_shape_dtype_and_range(pipe):
     for task in ALL_TASKS:
         prediction = out[task]
         assert prediction is out.predictions[task]
-        assert prediction.shape == (2, CHANNELS[task], 37, 45), task
+        assert prediction.shape == (2, get_task(task).prediction_channels, 37, 45), task
+        assert prediction.dtype == get_task(task).prediction_dtype, task
         assert torch.isfinite(prediction.float()).all()
     assert out.semantic.dtype == torch.int64 and 0 <= out.semantic.min() and out.semantic.max() <= 7
     for task in ("depth", "albedo", "shading"):
@@ -92,7 +85,8 @@ def test_every_task_has_the_contract_shape_dtype_and_range(pipe):
 
     as_numpy = pipe(image, next_image=next_image, tasks=ALL_TASKS, batch_size=2, output_type="np")
     for task in ALL_TASKS:
-        assert isinstance(as_numpy[task], np.ndarray) and as_numpy[task].shape == (2, 37, 45, CHANNELS[task])
+        assert isinstance(as_numpy[task], np.ndarray)
+        assert as_numpy[task].shape == (2, 37, 45, get_task(task).prediction_channels)
         np.testing.assert_allclose(as_numpy[task], out[task].permute(0, 2, 3, 1).numpy(), atol=1e-6)
     assert as_numpy.semantic.dtype == np.int64
 
@@ -458,9 +452,9 @@ def test_resized_predictions_decode_each_image_once_and_the_bar_shows_progress(p
         pipe.set_progress_bar_config(disable=True)
     assert "2/2" in capsys.readouterr().err
     assert out.normal.shape == (2, 37, 45, 3) and out.semantic.shape == (2, 37, 45, 1)
-    # normal: a one-pixel probe, then one decode at the input size (after resizing the image);
-    # semantic: the probe, one decode at the processing size, then the ids are resized.
-    assert sizes == [("normal", 1, 1), ("normal", 37, 45), ("semantic", 1, 1), ("semantic", 26, 32)]
+    # normal: one decode at the input size (after resizing the image); semantic (discrete, as the task
+    # declares): one decode at the processing size, then the ids are resized by nearest neighbour.
+    assert sizes == [("normal", 37, 45), ("semantic", 26, 32)]
 
 
 def test_second_frame_zero_feeds_zeros_to_tasks_without_a_frame_pair(base):

@@ -1,6 +1,6 @@
 """An eighth task is one new file (a ``Task`` subclass plus its ``register_task`` line) and then works
-everywhere: storage, loader, augmentation, collation, task tokens, a training step, the pipeline and the
-evaluator."""
+everywhere: the task property checks, storage, loader, augmentation, collation, task tokens, a training
+step, the pipeline, the model card, the constant baseline and the evaluator."""
 
 import importlib
 import sys
@@ -8,11 +8,14 @@ import sys
 import pytest
 import torch
 from datasets import Dataset
+from test_tasks_properties import check_task_properties
 
 from stablemtl import StableMTLPipeline
 from stablemtl.data import Augmentation, collate_task_batch, load_source, render_sample
 from stablemtl.data.storage import features_for, sample_to_row
-from stablemtl.evaluation import evaluate
+from stablemtl.evaluation import TaskMetricsAverager, build_metric, evaluate
+from stablemtl.evaluation.trivial import ConstantPredictor
+from stablemtl.hub import make_model_card
 from stablemtl.models import TaskEmbeddings
 from stablemtl.tasks import check_tasks, get_task, task_names, unregister_task
 from stablemtl.testing import make_tiny_sd_folder
@@ -32,6 +35,9 @@ class XGradientTask(Task):
     name = "x_gradient"
     prompt = "x gradient"
     label_channels = 1
+    prediction_channels = 1
+    output_space = "horizontal luminance gradient (B,1,H,W) in [-1,1]"
+    baseline_constant = (0.0,)
     primary_metric = "mae"
     higher_is_better = False
     hflip_signs = (-1.0,)
@@ -75,6 +81,11 @@ def _gradient(image: torch.Tensor) -> torch.Tensor:
     grad = torch.zeros_like(grey)
     grad[..., :-1] = grey[..., 1:] - grey[..., :-1]
     return grad
+
+
+def test_an_eighth_task_passes_every_task_property_check(toy_task):
+    check_task_properties(toy_task)
+    assert not toy_task.is_discrete and isinstance(build_metric("x_gradient"), TaskMetricsAverager)
 
 
 def test_an_eighth_task_file_works_end_to_end(toy_task, tmp_path):
@@ -139,6 +150,10 @@ def test_an_eighth_task_file_works_end_to_end(toy_task, tmp_path):
         def predict(self, images, next_images, tasks):
             return {"x_gradient": torch.zeros(images.shape[0], 1, SIZE, SIZE)}
 
-    report = evaluate(Zero(), [plain[0], plain[1]], tasks=["x_gradient"], progress=False)
     expected = sum(plain[i]["labels"]["x_gradient"].abs().mean().item() for i in range(2)) / 2
-    assert report["tasks"]["x_gradient"]["metrics"]["mae"] == pytest.approx(expected, rel=1e-5)
+    for zero in (Zero(), ConstantPredictor.from_samples([plain[0], plain[1]])):  # the baseline is zero
+        report = evaluate(zero, [plain[0], plain[1]], tasks=["x_gradient"], progress=False)
+        assert report["tasks"]["x_gradient"]["metrics"]["mae"] == pytest.approx(expected, rel=1e-5)
+
+    card = str(make_model_card(["depth", "x_gradient"]))
+    assert '- `x_gradient` (prompt "x gradient"): horizontal luminance gradient (B,1,H,W) in [-1,1]' in card
