@@ -249,7 +249,7 @@ def test_save_load_round_trip_gives_identical_predictions(pipe, saved):
     actual = loaded(image, next_image=next_image, batch_size=2, output_type="pt")
     for task in pipe.tasks:
         assert torch.equal(actual[task], expected[task]), task
-    # Saving over an existing folder replaces it atomically.
+    # Saving over an existing pipeline folder writes into it.
     loaded.save_pretrained(saved)
     assert StableMTLPipeline.from_pretrained(saved).tasks == pipe.tasks
 
@@ -336,7 +336,7 @@ def test_visualisers_draw_every_task(pipe):
         images = pipe.image_processor.visualize(task, out[task])
         assert len(images) == 2 and images[0].size == (45, 37) and images[0].mode == "RGB", task
     assert pipe.image_processor.visualize_depth(out.depth)[0].size == (45, 37)  # Marigold's, inherited
-    palette = np.array(pipe.image_processor.visualize_semantic(out.semantic)[0])
+    palette = np.array(pipe.image_processor.visualize("semantic", out.semantic)[0])
     assert palette.shape == (37, 45, 3)
 
 
