@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -108,15 +108,3 @@ def staged_save(save_directory: str | os.PathLike) -> Iterator[Path]:
     finally:
         if staged.exists():
             shutil.rmtree(staged)
-
-
-def write_text_atomic(path: Path, text: str, writer: Callable[[Path, str], None] | None = None) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        (writer or (lambda p, t: p.write_text(t, encoding="utf-8")))(Path(tmp), text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
