@@ -660,7 +660,8 @@ def _component_folder(model: torch.nn.Module) -> Path | None:
     source = getattr(getattr(model, "config", None), "_name_or_path", None)
     if not source or not Path(str(source)).is_dir():
         return None
-    return Path(str(source)).resolve().parent
+    folder = Path(str(source)).absolute().parent
+    return folder if (folder / "model_index.json").is_file() else None
 
 
 def _is_hub_snapshot(folder: Path) -> bool:

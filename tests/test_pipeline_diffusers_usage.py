@@ -84,6 +84,44 @@ def test_plain_diffusers_from_a_hub_cache_carries_cache_dir_and_revision(pipe, b
     assert torch.equal(loaded(image, tasks=["normal"], output_type="pt").normal, expected)
 
 
+def test_task_tokens_missing_from_the_snapshot_are_fetched_into_the_same_cache_and_commit(
+    pipe, tmp_path, monkeypatch
+):
+    """diffusers downloads only what its patterns name; the task tokens then come from the same cache at
+    the snapshot's commit (recorded here instead of a network call)."""
+    import diffusers.utils.dynamic_modules_utils as dynamic
+    import huggingface_hub
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    pipe.save_pretrained(tmp_path / "saved")
+    repo, commit = tmp_path / "hub" / "models--someone--partial", "d" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(tmp_path / "saved", repo / "snapshots" / commit)
+    (repo / "snapshots" / commit / "task_embeddings.safetensors").unlink()
+    calls = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        calls.append((repo_id, filename, kwargs))
+        return str(tmp_path / "saved" / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    loaded = DiffusionPipeline.from_pretrained(
+        "someone/partial",
+        custom_pipeline="pipeline_stablemtl",
+        trust_remote_code=True,
+        cache_dir=tmp_path / "hub",
+    )
+    assert loaded.tasks == pipe.tasks
+    assert calls == [
+        (
+            "someone/partial",
+            "task_embeddings.safetensors",
+            {"cache_dir": tmp_path / "hub", "revision": commit},
+        )
+    ]
+
+
 def test_positional_access_follows_the_requested_task_order(pipe):
     tasks = ["shading", "semantic", "depth"]
     out = pipe(_frames(), tasks=tasks, output_type="pt")
