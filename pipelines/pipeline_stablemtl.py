@@ -181,9 +181,13 @@ class StableMTLPipeline(DiffusionPipeline):
 
     # -- task tokens -----------------------------------------------------------------------------------------
     @property
-    def task_embeddings(self) -> TaskEmbeddings:
+    def task_embeddings(self) -> TaskEmbeddings | None:
         """The cached task tokens, read on first use from where the pipeline was loaded (this is how a
-        pipeline loaded by plain ``DiffusionPipeline.from_pretrained`` finds them)."""
+        pipeline loaded by plain ``DiffusionPipeline.from_pretrained`` finds them). None, like any optional
+        component, for a pipeline built without them; using such a pipeline raises a ``ValueError``."""
+        return self._loaded_task_embeddings()
+
+    def _require_task_embeddings(self) -> TaskEmbeddings:
         embeddings = self._loaded_task_embeddings()
         if embeddings is None:
             raise ValueError(
@@ -216,7 +220,7 @@ class StableMTLPipeline(DiffusionPipeline):
     @property
     def tasks(self) -> list[str]:
         """Names of the tasks this pipeline has task tokens for, in order."""
-        return self.task_embeddings.names
+        return self._require_task_embeddings().names
 
     def add_tasks(self, tasks: str | Sequence[str], prompts: Mapping[str, str] | None = None) -> None:
         """Compute and cache the task tokens of registered ``tasks`` (prompts default to ``Task.prompt``).
@@ -234,7 +238,7 @@ class StableMTLPipeline(DiffusionPipeline):
         if self._task_embeddings is None and not self.name_or_path:
             self._task_embeddings = TaskEmbeddings.compute(self.text_encoder, self.tokenizer, prompts)
         else:
-            self.task_embeddings.add(self.text_encoder, self.tokenizer, prompts)
+            self._require_task_embeddings().add(self.text_encoder, self.tokenizer, prompts)
 
     def set_training_info(self, **info: Any) -> None:
         """Record training facts for the model card, merged into ``config.training_info`` (``base_model``,
@@ -258,6 +262,7 @@ class StableMTLPipeline(DiffusionPipeline):
         max_processing_resolution: int | None = None,
     ) -> int:
         """Validate every argument (``ValueError`` naming it); return the number of input images."""
+        embeddings = self._require_task_embeddings()
         in_channels = self.unet.config.in_channels
         latent_channels = self.vae.config.latent_channels
         if in_channels != 3 * latent_channels:
@@ -265,12 +270,12 @@ class StableMTLPipeline(DiffusionPipeline):
                 f"unet takes {in_channels} input channels; StableMTL needs {3 * latent_channels} "
                 "([z_t, z_t+1, target]): widen it with stablemtl.models.conv_in.widen_conv_in"
             )
-        if self.unet.config.cross_attention_dim != self.task_embeddings.dim:
+        if self.unet.config.cross_attention_dim != embeddings.dim:
             raise ValueError(
-                f"task embeddings have width {self.task_embeddings.dim}, the unet expects "
+                f"task embeddings have width {embeddings.dim}, the unet expects "
                 f"{self.unet.config.cross_attention_dim}"
             )
-        missing = [t for t in tasks if t not in self.task_embeddings]
+        missing = [t for t in tasks if t not in embeddings]
         if missing:
             raise ValueError(
                 f"tasks {missing} have no task token in this model (it knows: {', '.join(self.tasks)}); "
@@ -411,7 +416,7 @@ class StableMTLPipeline(DiffusionPipeline):
             )  # [N,3,PPH,PPW]
 
         # 3. Task conditioning, shared by every batch: [T,L,D] and a [T,L] mask when prompt lengths differ.
-        condition, condition_mask = self.task_embeddings.batch(tasks, device=device, dtype=dtype)
+        condition, condition_mask = self._require_task_embeddings().batch(tasks, device=device, dtype=dtype)
         pair_mask = torch.tensor(pair_tasks, device=device)  # [T]
 
         # 4. Predict batch by batch: one VAE encode of all frames, one UNet call for all tasks, one decode.
@@ -621,13 +626,14 @@ class StableMTLPipeline(DiffusionPipeline):
         save_directory = check_save_directory(save_directory)
         hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "token", "private", "commit_message", "create_pr")
                       if k in kwargs}  # fmt: skip
+        embeddings = self._require_task_embeddings()
         with staged_save(save_directory) as tmp:
             super().save_pretrained(tmp, safe_serialization=True, variant=variant, **kwargs)
-            self.task_embeddings.save(tmp)
+            embeddings.save(tmp)
             shutil.copyfile(Path(__file__), tmp / PIPELINE_FILE)
             card = make_model_card(
                 self.tasks,
-                self.task_embeddings.prompts,
+                embeddings.prompts,
                 self.config.training_info,
                 repo_id=hub_kwargs.get("repo_id"),
                 pipeline_class=type(self).__name__,

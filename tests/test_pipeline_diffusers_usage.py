@@ -152,6 +152,15 @@ def test_components_and_from_pipe_carry_the_task_embeddings(pipe, tmp_path):
     custom, folders = _get_custom_components_and_folders("me/piped", config, _files(tmp_path / "piped"))
     assert custom == {} and sorted(folders) == ["scheduler", "text_encoder", "tokenizer", "unet", "vae"]
     assert StableMTLPipeline.from_pretrained(tmp_path / "piped").tasks == pipe.tasks
+    # Without task tokens the pipeline still moves and reports its device like any diffusers pipeline; using
+    # it names what is missing.
+    bare = StableMTLPipeline(pipe.unet, pipe.vae, pipe.scheduler).to("cpu")
+    assert bare.task_embeddings is None and bare.components["task_embeddings"] is None
+    assert bare.device.type == "cpu"
+    for use in (lambda: bare.tasks, lambda: bare(image), lambda: bare.save_pretrained(tmp_path / "bare")):
+        with pytest.raises(ValueError, match="no task embeddings"):
+            use()
+    assert not (tmp_path / "bare").exists()
     with pytest.raises(ValueError, match="TaskEmbeddings"):
         StableMTLPipeline(pipe.unet, pipe.vae, pipe.scheduler, task_embeddings={"depth": torch.zeros(3, 32)})
 
