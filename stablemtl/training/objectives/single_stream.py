@@ -17,8 +17,6 @@ ablation (the groups share a source, hence a resolution; the task prompts are pa
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,27 +155,8 @@ class StableMTLObjective(Objective):
         if self.pipe.vae.dtype != torch.float32:
             self.pipe.vae.to(dtype=torch.float32)
         self.pipe.set_training_info(**self.info)
-        save_pipeline_into(self.pipe, output_dir)
-
-
-def save_pipeline_into(pipe: StableMTLPipeline, output_dir: Path) -> None:
-    """Save ``pipe`` into ``output_dir``, which also holds checkpoints and logs.
-
-    The pipeline writes itself into a hidden sibling; its entries then move into ``output_dir``,
-    ``model_index.json`` last, so the folder loads only once it is complete.
-    """
-    output_dir = Path(output_dir)
-    tmp = output_dir / ".tmp-pipeline"
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    # A previous pipeline's index would make a half-replaced folder look complete; the new one comes last.
-    (output_dir / "model_index.json").unlink(missing_ok=True)
-    for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):
-        target = output_dir / entry.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(entry, target)
-    tmp.rmdir()
+        # Writes into output_dir beside checkpoints and logs; model_index.json comes last.
+        self.pipe.save_pretrained(output_dir)
 
 
 def stage1_objective(tasks: list[str], config: TrainConfig, resolution: int) -> StableMTLObjective:
