@@ -463,9 +463,7 @@ class StableMTLPipeline(DiffusionPipeline):
     @property
     def latent_step(self) -> LatentStep:
         """The shared latent step (VAE encode/decode, UNet input, timestep) with this pipeline's settings."""
-        settings = LatentStepSettings(
-            self.config.timestep, self.config.second_frame, self.config.input_noise
-        )
+        settings = LatentStepSettings(self.config.timestep, self.config.second_frame, self.config.input_noise)
         return LatentStep(self.vae, settings)
 
     def predict_latents(

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from stablemtl.utils import atomic_path
 
 TASK_EMBEDDINGS_NAME = "task_embeddings.safetensors"
 
@@ -142,14 +143,8 @@ class TaskEmbeddings:
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / TASK_EMBEDDINGS_NAME
         metadata = {"format": "pt", "order": json.dumps(self.names), "prompts": json.dumps(self._prompts)}
-        fd, tmp = tempfile.mkstemp(prefix=".task_embeddings.", suffix=".tmp", dir=directory)
-        os.close(fd)
-        try:
-            save_file(self._embeddings, tmp, metadata=metadata)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_path(target) as tmp:
+            save_file(self._embeddings, str(tmp), metadata=metadata)
         return target
 
     @classmethod

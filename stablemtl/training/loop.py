@@ -37,6 +37,7 @@ from stablemtl.training.objectives.base import Objective
 from stablemtl.training.schedule import get_warmup_exponential_scheduler
 from stablemtl.training.step import micro_step
 from stablemtl.training.validation import ValidationSet, run_validation
+from stablemtl.utils import atomic_write_text
 
 logger = get_logger(__name__)
 
@@ -284,7 +285,7 @@ def train(
         if ema is not None:
             ema.copy_to(_parameters(final))
         objective.save_model(final, output_dir)
-        (output_dir / "training_config.json").write_text(config.to_json())
+        atomic_write_text(output_dir / "training_config.json", config.to_json())
         if config.push_to_hub:
             push_folder_to_hub(
                 output_dir,
