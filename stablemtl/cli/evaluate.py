@@ -11,6 +11,7 @@ Writes ``metrics.json``, ``report.md`` and ``figures/*.png`` into ``--out`` and 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -59,10 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Model folders that are not diffusers pipelines name their type in config.json ("model_type").
+MODEL_TYPES = {"hitt": "stablemtl.models.baselines.hitt:HiTTModel"}
+
+
 def load_predictor(path: str, device: str = "cpu"):
-    """Load a saved pipeline folder as a Predictor (its class is read from ``model_index.json``)."""
+    """Load a saved model folder as a Predictor: a pipeline (class from ``model_index.json``) or a model
+    whose ``config.json`` names a known ``model_type`` (e.g. a HiTT baseline)."""
     folder = Path(path)
     index = folder / "model_index.json"
+    config = folder / "config.json"
+    if not index.is_file() and config.is_file():
+        model_type = json.loads(config.read_text()).get("model_type")
+        if model_type not in MODEL_TYPES:
+            raise ValueError(
+                f"--model {path!r}: config.json names model_type {model_type!r}; "
+                f"known: {', '.join(MODEL_TYPES)}"
+            )
+        module_name, class_name = MODEL_TYPES[model_type].split(":")
+        model = getattr(importlib.import_module(module_name), class_name).from_pretrained(str(folder))
+        return model.to(device).eval()
     if not index.is_file():
         raise ValueError(f"--model {path!r} is not a pipeline folder: {index} is missing")
     class_name = json.loads(index.read_text()).get("_class_name", "StableMTLPipeline")

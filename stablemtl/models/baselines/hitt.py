@@ -219,6 +219,11 @@ class HiTTModel(
         """The JSON config written to ``config.json``."""
         return dict(self._hub_mixin_config)
 
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks this model predicts, in order (the evaluator scores only these)."""
+        return list(self.task_names)
+
     def head(self, task: str) -> HeadSpec:
         if task not in self.heads:
             raise ValueError(f"task {task!r} is not predicted by this model; it has {', '.join(self.heads)}")
