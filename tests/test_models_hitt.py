@@ -132,6 +132,17 @@ def test_ablation_switches():
     )
 
 
+def test_forward_runs_only_the_requested_heads():
+    model = tiny_hitt(["semantic", "depth", "normal"])
+    images, _ = frames()
+    out = model(images, tasks=["depth"])
+    assert list(out.logits) == ["depth"] and list(out.features) == ["depth"]
+    assert out.global_tokens.shape == (2, 1, 16)
+    torch.testing.assert_close(out.logits["depth"], model(images).logits["depth"])  # same attention context
+    with pytest.raises(ValueError, match="'albedo' is not predicted"):
+        model(images, tasks=["albedo"])
+
+
 def test_single_scale_variant_uses_one_scale():
     out = tiny_hitt(["semantic", "depth"], multi_scale=False)(frames()[0])
     assert len(out.task_affinity) == 1 and out.logits["depth"].shape == (2, 30, 32, 48)

@@ -76,6 +76,8 @@ def test_phase2_adds_pseudo_terms_only_where_labels_are_missing(street, tmp_path
     objective = HiTTObjective(HiTTConfig(**TINY, phase=2, phase1_model=str(tmp_path / "p1")), street.tasks)
     with pytest.raises(ValueError, match="pseudo"):
         objective.loss(objective.trainable_modules(), [group_of(street, "depth")])
+    with torch.no_grad():  # validation groups carry no stored targets: the supervised loss alone
+        assert objective.loss(objective.trainable_modules(), [group_of(street, "depth")]) > 0
 
 
 def test_config_checks():

@@ -55,13 +55,13 @@ MODEL_TYPE = "hitt"
 
 @dataclass
 class HiTTOutput:
-    """Everything one forward pass produces; per-task dicts follow the model's task order.
+    """Everything one forward pass produces; per-task dicts hold the computed tasks in the model's order.
 
     logits: ``G'_i [B, K_i, H, W]`` (the coarse ``G_i`` when the fine-grained tokens are off).
     coarse_logits: ``G_i [B, K_i, H, W]``.
     features: ``F''_i [B, C, h, w]`` at the ``fuse_stride`` grid (the targets of the feature loss).
     feature_confidence: ``M^f_i [B, 1, h, w]`` in (0, 1) (all ones without global tokens).
-    global_tokens: ``theta''`` ``[B, T, C]``, or None without global tokens.
+    global_tokens: ``theta''`` ``[B, T', C]`` of the computed tasks, or None without global tokens.
     fine_tokens: ``phi_i [B, K_i, C]`` (empty without fine-grained tokens).
     task_affinity: the inter-task attention ``A [T, T]`` of each scale (empty without global tokens).
     """
@@ -248,9 +248,21 @@ class HiTTModel(
         current.copy_(centres)
 
     # ------------------------------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor, next_images: torch.Tensor | None = None) -> HiTTOutput:
-        """``images`` (and ``next_images``) ``[B, 3, H, W]`` in [0, 1] -> ``HiTTOutput`` for every task."""
+    def forward(
+        self,
+        images: torch.Tensor,
+        next_images: torch.Tensor | None = None,
+        tasks: Sequence[str] | None = None,
+    ) -> HiTTOutput:
+        """``images`` (and ``next_images``) ``[B, 3, H, W]`` in [0, 1] -> ``HiTTOutput``.
+
+        Every task's token and feature take part in the inter-task attention; ``tasks`` (default: all)
+        selects the tasks whose intra-task attention and heads run, to spare the others' compute.
+        """
         self._check_images(images, next_images)
+        wanted = set(self.task_names if tasks is None else tasks)
+        for task in wanted:
+            self.head(task)  # ValueError for a task the model does not predict
         size = images.shape[-2:]
         feats = self.encoder(images)
         shared = [feats[j] for j in self.scales]
@@ -284,6 +296,8 @@ class HiTTModel(
         out = HiTTOutput({}, {}, {}, {}, task_affinity=affinities)
         final_tokens = []
         for i, name in enumerate(self.heads):
+            if name not in wanted:
+                continue
             feature = self.fuse[i](stacked[:, i])  # F'_i [B,C,h,w]
             token = fused_tokens[i].expand(feature.shape[0], -1) if fused_tokens is not None else None
             if self.use_intra_task_attention:
@@ -360,7 +374,7 @@ class HiTTModel(
         was_training = self.training
         self.eval()
         try:
-            out = self(images, next_images)
+            out = self(images, next_images, tasks)
         finally:
             self.train(was_training)
         return {task: self.decode(task, out.logits[task]) for task in tasks}
@@ -383,7 +397,7 @@ class HiTTModel(
         was_training = self.training
         self.eval()
         try:
-            out = self(images, next_images)
+            out = self(images, next_images, tasks)
         finally:
             self.train(was_training)
         found = {}

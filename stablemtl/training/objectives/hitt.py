@@ -5,7 +5,8 @@ Phase 1 (``phase=1``): the supervised mixture loss of each micro-batch's task on
 and feature targets discovered offline by the frozen phase-1 model (``stablemtl.training.hitt_pseudo``,
 run by ``train_scripts/train_hitt.py`` before training). The samples of phase 2 carry them as
 ``group["pseudo"]`` (``hitt_pseudo.collate_pseudo``): ``{"labelled": {task: [B] bool}, "targets": {task:
-{"value", "confidence", "feature", "feature_confidence"}}}``.
+{"value", "confidence", "feature", "feature_confidence"}}}``. A training micro-batch without them is an
+error; validation groups (no gradient) have none and get the supervised loss alone.
 
 Normalisation: the paper's ``1/T`` applies to every term. Under task-isolated micro-batches, a batch of
 task ``t`` on one-label images gives exactly the paper's per-image loss
@@ -120,15 +121,17 @@ class HiTTObjective(Objective):
             task = group["task"]
             images = group["image"].to(total.device)
             next_images = group.get("next_image")
-            out = model(images, None if next_images is None else next_images.to(total.device))
+            next_images = None if next_images is None else next_images.to(total.device)
+            # Phase 1 needs only this task's head; phase 2 supervises every task.
+            out = model(images, next_images, None if self.config.phase == 2 else [task])
             target, valid = decode_space_targets(
                 task, group["label"].to(total.device), group["valid"].to(total.device)
             )
             ids = heads.target_ids(task, target)
             loss_map = self._loss_map(heads, task, out.logits[task], ids, target, valid)
             total = total + supervised_loss(loss_map, valid) / count
-            if self.config.phase == 2:
-                total = total + self._pseudo_terms(heads, out, task, group, images.shape[0]) / count
+            if self.config.phase == 2 and (group.get("pseudo") is not None or torch.is_grad_enabled()):
+                total = total + self._pseudo_terms(heads, out, task, group) / count
         return total.float()
 
     def _loss_map(self, heads: HiTTModel, task, logits, ids, target, valid) -> torch.Tensor:
@@ -137,7 +140,7 @@ class HiTTObjective(Objective):
         values = target if spec.is_regression else None
         return mixture_loss_map(logits, ids, values, valid, spec, centres, self.config.regression_weight_on)
 
-    def _pseudo_terms(self, heads: HiTTModel, out, task: str, group: Mapping, batch: int) -> torch.Tensor:
+    def _pseudo_terms(self, heads: HiTTModel, out, task: str, group: Mapping) -> torch.Tensor:
         pseudo = group.get("pseudo")
         if pseudo is None:
             raise ValueError(
