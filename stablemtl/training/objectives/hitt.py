@@ -93,6 +93,9 @@ class HiTTObjective(Objective):
             copies the phase-1 centres, which the stored pseudo labels refer to).
     """
 
+    # A task-isolated micro-batch runs one task's head: under DDP the other heads get no gradient.
+    ddp_find_unused_parameters = True
+
     def __init__(self, config: HiTTConfig, tasks: Sequence[str], samples: Sequence[Mapping] | None = None):
         self.config = config
         self.model = HiTTModel(head_specs(tasks, config.heads), **config.model_kwargs())
