@@ -37,35 +37,77 @@ from stablemtl.training.objectives.base import Objective
 class HiTTConfig:
     """Settings of a HiTT run (parsed beside ``TrainConfig`` from the same YAML/flags)."""
 
-    phase: int = 1  # 1: supervised on partial labels; 2: retrain from scratch with stored pseudo targets
-    phase1_model: str | None = None  # phase 2: folder of the frozen phase-1 model (discovery + centres)
-    pseudo_targets_dir: str | None = (
-        None  # phase 2: where discovery writes/reads (default: output_dir/pseudo)
+    phase: int = field(
+        default=1,
+        metadata={"help": "1: supervised on the partial labels; 2: retrain from scratch with pseudo targets"},
     )
-    backbone: str | None = None  # Hub id or folder of a pretrained transformers ResNet; None: random init
-    token_dim: int = 256
-    num_heads: int = 8
-    fuse_stride: int = 8
-    aspp_rates: list[int] = field(default_factory=lambda: [6, 12, 18])
-    multi_scale: bool = True
-    heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-task HeadSpec overrides
-    # Ablations (paper Table 4)
-    use_global_tokens: bool = True
-    use_inter_task_attention: bool = True
-    use_intra_task_attention: bool = True
-    use_fine_grained_tokens: bool = True
-    use_orthogonal_embeddings: bool = True
-    mtl_baseline: bool = False  # every HiTT component off: the MTL baseline with the same backbone
-    use_pseudo_label_loss: bool = True  # phase 2: L_p ("HiTT + L_f" turns it off)
-    use_feature_loss: bool = True  # phase 2: L_f ("HiTT + L_p" turns it off)
-    orthogonal_basis: str = "identity"  # identity | random
-    regression_weight_on: str = (
-        "regression"  # lambda=0.1 on: regression (paper Eq. 10) | classification (code)
+    phase1_model: str | None = field(
+        default=None, metadata={"help": "phase 2: folder of the trained phase-1 HiTT model"}
     )
-    confidence_sharpening: float = 1.0  # 1: paper; 5: the released code
-    fit_centres: bool = True  # k-means the vector-valued centres on the training labels (paper A.3)
-    centre_points: int = 100_000
-    model_seed: int = 0
+    pseudo_targets_dir: str | None = field(
+        default=None,
+        metadata={"help": "phase 2: folder of the discovered targets (default: <output_dir>/pseudo_targets)"},
+    )
+    backbone: str | None = field(
+        default=None, metadata={"help": "Hub id or folder of a pretrained transformers ResNet (random init)"}
+    )
+    token_dim: int = field(
+        default=256, metadata={"help": "width C of the task tokens, fused features and heads"}
+    )
+    num_heads: int = field(default=8, metadata={"help": "heads of the intra-task attention"})
+    fuse_stride: int = field(
+        default=8, metadata={"help": "stride of the grid where scales are fused and attention runs (4-32)"}
+    )
+    aspp_rates: list[int] = field(
+        default_factory=lambda: [6, 12, 18], metadata={"help": "dilation rates of the ASPP heads"}
+    )
+    multi_scale: bool = field(
+        default=True, metadata={"help": "task tokens at all four backbone scales (paper A.4)"}
+    )
+    heads: dict[str, dict[str, Any]] = field(
+        default_factory=dict, metadata={"help": 'per-task head overrides, e.g. {"depth": {"tau": 0.5}}'}
+    )
+    use_global_tokens: bool = field(
+        default=True, metadata={"help": "global task tokens theta (ablation: w/o theta)"}
+    )
+    use_inter_task_attention: bool = field(
+        default=True, metadata={"help": "inter-task attention (ablation: w/o inter)"}
+    )
+    use_intra_task_attention: bool = field(
+        default=True, metadata={"help": "intra-task attention (ablation: w/o intra)"}
+    )
+    use_fine_grained_tokens: bool = field(
+        default=True, metadata={"help": "fine-grained tokens phi (ablation: w/o phi)"}
+    )
+    use_orthogonal_embeddings: bool = field(
+        default=True, metadata={"help": "orthogonal embeddings of phi (ablation: w/o OE)"}
+    )
+    mtl_baseline: bool = field(
+        default=False, metadata={"help": "every HiTT part off: the MTL baseline with the same backbone"}
+    )
+    use_pseudo_label_loss: bool = field(
+        default=True, metadata={"help": "phase 2: pseudo-label loss L_p (off: 'HiTT + L_f')"}
+    )
+    use_feature_loss: bool = field(
+        default=True, metadata={"help": "phase 2: feature loss L_f (off: 'HiTT + L_p')"}
+    )
+    orthogonal_basis: str = field(
+        default="identity", metadata={"help": "basis o of the orthogonal embeddings: identity | random"}
+    )
+    regression_weight_on: str = field(
+        default="regression",
+        metadata={"help": "lambda=0.1 on: regression (paper Eq. 10) | classification (released code)"},
+    )
+    confidence_sharpening: float = field(
+        default=1.0, metadata={"help": "logit factor before the pseudo-label confidence (code: 5)"}
+    )
+    fit_centres: bool = field(
+        default=True, metadata={"help": "k-means the vector-valued centres on training labels (paper A.3)"}
+    )
+    centre_points: int = field(
+        default=100_000, metadata={"help": "label values per task for the k-means centres"}
+    )
+    model_seed: int = field(default=0, metadata={"help": "seed of the model initialisation"})
 
     def __post_init__(self) -> None:
         if self.phase not in (1, 2):
