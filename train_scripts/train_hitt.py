@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> Path:
         samples = centre_samples(train_config.train_data) if hitt_config.fit_centres else None
         return train(train_config, lambda tasks, *_: HiTTObjective(hitt_config, tasks, samples))
 
+    if train_config.resolution is not None:
+        # The loop's crop cuts the frames and labels, not the stored targets beside them.
+        raise ValueError("phase 2 trains at the sources' own size: leave --resolution unset")
     stores = [PseudoTargets(path) for path in discover(train_config, hitt_config)]
     teacher = HiTTModel.from_pretrained(hitt_config.phase1_model)
     centres = {t: teacher.task_centres(t) for t in teacher.task_names if teacher.head(t).is_regression}
