@@ -12,6 +12,7 @@ Writes ``metrics.json``, ``report.md`` and ``figures/*.png`` into ``--out`` and 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -108,27 +109,49 @@ def resolve_device(device: str = "auto") -> str:
     return "cpu"
 
 
-def _read_model_index(path: str, cache_dir: str | None, revision: str | None) -> dict[str, Any]:
-    """``model_index.json`` of a local folder or of a Hub id (offline, the Hugging Face cache serves it)."""
+# Model folders that are not diffusers pipelines name their type in config.json ("model_type").
+MODEL_TYPES = {"hitt": "stablemtl.models.baselines.hitt:HiTTModel"}
+
+
+def _read_folder_json(path: str, name: str, cache_dir: str | None, revision: str | None) -> dict | None:
+    """``name`` (a JSON file) of a local folder or of a Hub id (offline, the Hugging Face cache serves
+    it); None when the folder or repository has no such file."""
     folder = Path(path)
     if folder.exists():
-        index = folder / "model_index.json"
-        if not index.is_file():
-            raise ValueError(f"--model {path!r} is not a pipeline folder: {index} is missing")
+        file = folder / name
+        if not file.is_file():
+            return None
     else:
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
 
         try:
-            index = Path(hf_hub_download(path, "model_index.json", cache_dir=cache_dir, revision=revision))
+            file = Path(hf_hub_download(path, name, cache_dir=cache_dir, revision=revision))
+        except EntryNotFoundError:
+            return None
         except Exception as err:  # invalid id, not found, offline and not cached: one clear message
             raise ValueError(
-                f"--model {path!r} is neither a local pipeline folder nor a loadable Hub id "
+                f"--model {path!r} is neither a local model folder nor a loadable Hub id "
                 f"({type(err).__name__}: {str(err).splitlines()[0]})"
             ) from err
     try:
-        return json.loads(index.read_text())
+        return json.loads(file.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"--model {path!r}: {index} is not valid JSON ({err})") from err
+        raise ValueError(f"--model {path!r}: {file} is not valid JSON ({err})") from err
+
+
+def _load_model_folder(path: str, config: dict, device: str, torch_dtype, hub_kwargs: dict):
+    """A non-pipeline model folder (a baseline) by the ``model_type`` its ``config.json`` names."""
+    model_type = config.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(
+            f"--model {path!r} is not a pipeline folder (no model_index.json) and its config.json names "
+            f"model_type {model_type!r}; known model types: {', '.join(MODEL_TYPES)}"
+        )
+    module_name, class_name = MODEL_TYPES[model_type].split(":")
+    model_class = getattr(importlib.import_module(module_name), class_name)
+    model = model_class.from_pretrained(path, **hub_kwargs)
+    return model.to(device=resolve_device(device), dtype=torch_dtype).eval()
 
 
 def load_predictor(
@@ -138,15 +161,27 @@ def load_predictor(
     cache_dir: str | None = None,
     revision: str | None = None,
 ):
-    """Load a saved pipeline (local folder or Hub id) as a Predictor; its class is read from
-    ``model_index.json`` and looked up in ``stablemtl.pipelines``."""
+    """Load a saved model (local folder or Hub id) as a Predictor: a pipeline, its class read from
+    ``model_index.json`` and looked up in ``stablemtl.pipelines``, or a model folder whose
+    ``config.json`` names a known ``model_type`` (the baselines)."""
     import torch
 
     import stablemtl.pipelines as pipelines
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r} must be one of {DTYPES}")
-    class_name = _read_model_index(path, cache_dir, revision).get("_class_name", "StableMTLPipeline")
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    hub_kwargs = {k: v for k, v in (("cache_dir", cache_dir), ("revision", revision)) if v is not None}
+    index = _read_folder_json(path, "model_index.json", cache_dir, revision)
+    if index is None:
+        config = _read_folder_json(path, "config.json", cache_dir, revision)
+        if config is None:
+            raise ValueError(
+                f"--model {path!r} is not a pipeline folder (model_index.json is missing) nor a model "
+                "folder (config.json with a model_type)"
+            )
+        return _load_model_folder(path, config, device, torch_dtype, hub_kwargs)
+    class_name = index.get("_class_name", "StableMTLPipeline")
     if not isinstance(class_name, str):
         raise ValueError(
             f"--model {path!r}: _class_name in model_index.json must be a class name string, got "
@@ -157,8 +192,6 @@ def load_predictor(
         raise ValueError(
             f"--model {path!r} is a {class_name}, not a stablemtl pipeline ({', '.join(pipelines.__all__)})"
         )
-    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    hub_kwargs = {k: v for k, v in (("cache_dir", cache_dir), ("revision", revision)) if v is not None}
     pipe = cls.from_pretrained(path, torch_dtype=torch_dtype, **hub_kwargs)
     pipe = pipe.to(resolve_device(device))
     pipe.set_progress_bar_config(disable=True)
