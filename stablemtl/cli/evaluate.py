@@ -65,7 +65,7 @@ def load_predictor(path: str, device: str = "cpu"):
     index = folder / "model_index.json"
     if not index.is_file():
         raise ValueError(f"--model {path!r} is not a pipeline folder: {index} is missing")
-    class_name = json.loads(index.read_text()).get("_class_name", "StableMTLPipeline")
+    class_name = _pipeline_class_name(index)
     import stablemtl.pipelines as pipelines
 
     cls = getattr(pipelines, class_name, None)
@@ -79,6 +79,25 @@ def load_predictor(path: str, device: str = "cpu"):
     if not callable(getattr(pipe, "predict", None)):
         raise ValueError(f"--model {path!r} loads as {type(pipe).__name__}, which has no predict() method")
     return pipe
+
+
+def _pipeline_class_name(index: Path) -> str:
+    """``_class_name`` of a ``model_index.json``; diffusers' ``[module, class]`` form gives the class."""
+    try:
+        config = json.loads(index.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{index} cannot be read as JSON ({type(err).__name__}: {err})") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{index} must hold a JSON object")
+    class_name = config.get("_class_name", "StableMTLPipeline")
+    if isinstance(class_name, list) and len(class_name) == 2 and all(isinstance(c, str) for c in class_name):
+        class_name = class_name[1]
+    if not isinstance(class_name, str) or not class_name.isidentifier():
+        raise ValueError(
+            f"{index}: '_class_name' must name the pipeline class (e.g. \"StableMTLPipeline\" or "
+            f'["pipeline_stablemtl", "StableMTLPipeline"]), got {class_name!r}'
+        )
+    return class_name
 
 
 class ChainedSamples:
@@ -121,6 +140,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(set(names)) != len(names):
         raise SystemExit(f"stablemtl-eval: model names repeat ({names}); pass --name for each --model")
 
+    reference = None
+    if args.reference:  # checked before the (long) evaluation, not after it
+        try:
+            reference = build_reference([r for path in args.reference for r in load_reports(path)])
+        except ValueError as err:
+            raise SystemExit(f"stablemtl-eval: --reference: {err}") from None
+
     reports: list[dict[str, Any]] = []
     visuals = []
     if args.model:
@@ -148,10 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             result.reports[name]["data_paths"] = list(args.data)
         reports = list(result.reports.values())
         visuals = result.visuals
+        if not any(r["tasks"] for r in reports):
+            reasons = "; ".join(
+                f"{r['name']}: {task} ({why})" for r in reports for task, why in r["skipped_tasks"].items()
+            )
+            raise SystemExit(f"stablemtl-eval: error: nothing was scored ({reasons or 'no task labelled'})")
     reports = merge_reports([*reports, *args.merge])
-    reference = None
-    if args.reference:
-        reference = build_reference([r for path in args.reference for r in load_reports(path)])
     payload = write_report(args.out, reports, reference, visuals, title=args.title)
     summary = render_markdown(reports, reference, payload["delta_m"], {}, args.title)
     sys.stdout.write(summary.split("## Settings")[0])
