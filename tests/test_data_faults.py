@@ -56,6 +56,15 @@ def test_out_naming_a_file_is_a_clear_error(tmp_path, capsys):
     assert target.read_text() == "not a folder"
 
 
+def test_bad_seed_or_shard_size_is_refused_before_the_folder_is_touched(tmp_path, capsys):
+    for flag, value, message in [("--seed", "-5", "seed must be >= 0"), ("--shard-size", "-1", "shard_size")]:
+        out = tmp_path / flag.strip("-")
+        assert main(["--profile", "flying", "--n", "2", "--out", str(out), "--size", "16", flag, value]) == 2
+        assert message in capsys.readouterr().err and not out.exists()
+    with pytest.raises(ValueError, match="shard_size must be a positive number"):
+        make_dataset("flying", 2, tmp_path / "zero", size=16, shard_size=0)
+
+
 def test_a_state_json_without_its_arrow_file_is_not_complete(tmp_path):
     out = make_dataset("flying", 2, tmp_path / "f", size=16, seed=3)
     before = [load_source(out)[i] for i in range(2)]

@@ -183,6 +183,12 @@ def make_dataset(
         raise ValueError(f"size must be at least 8 pixels, got {size}")
     if int(workers) < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
+    if int(seed) < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if shard_size is not None and int(shard_size) < 1:
+        raise ValueError(
+            f"shard_size must be a positive number of rows (or None for the default), got {shard_size}"
+        )
     out = Path(out)
     _check_out(out)
     try:
