@@ -11,7 +11,8 @@ from evaluation_fixtures import ALL_TASKS, ConstantPredictor, make_sample
 from PIL import Image
 
 import stablemtl.cli.evaluate as cli
-from stablemtl.evaluation import evaluate, render_markdown
+from stablemtl.evaluation import build_reference, evaluate, render_markdown
+from stablemtl.evaluation.references import delta_m_table
 from stablemtl.tasks import Task, register_task, unregister_task
 
 
@@ -172,3 +173,20 @@ def test_model_index_class_name_errors_name_the_file(tmp_path):
     index.write_text('{"_class_name": ')
     with pytest.raises(ValueError, match=r"model_index\.json cannot be read as JSON"):
         cli.load_predictor(str(tmp_path))
+
+
+def test_delta_m_is_undefined_for_a_model_with_nonfinite_predictions(brightness_samples, tmp_path):
+    reference = build_reference([evaluate(_Poisoned(0.5), brightness_samples, progress=False, name="ref")])
+    clean = evaluate(_Poisoned(0.5), brightness_samples, progress=False, name="clean")
+    broken = evaluate(_Poisoned(math.nan), brightness_samples, tasks=["depth"], progress=False, name="nan")
+    broken["tasks"]["normal"] = clean["tasks"]["normal"]  # good on one task, NaN on the other
+    table = delta_m_table([clean, broken], reference)
+    assert table["clean"]["delta_m"] == pytest.approx(0.0)
+    assert table["nan"]["delta_m"] is None and table["nan"]["nonfinite_tasks"] == ["depth"]
+
+
+def test_out_naming_a_file_is_refused_before_evaluating(tmp_path, depth_only):
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(SystemExit, match=r"--out .* is a file"):
+        cli.main(["--model", "runs/depth", "--data", "d", "--out", str(tmp_path / "out")])
+    assert depth_only == []

@@ -140,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(set(names)) != len(names):
         raise SystemExit(f"stablemtl-eval: model names repeat ({names}); pass --name for each --model")
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise SystemExit(f"stablemtl-eval: --out {args.out!r} is a file, not a folder")
     reference = None
     if args.reference:  # checked before the (long) evaluation, not after it
         try:

@@ -121,10 +121,20 @@ def delta_m_table(
     """Δm of each report against ``reference``: ``{model: {"delta_m", "tasks", "per_task"}}``.
 
     Only tasks scored by both, with the same primary metric, count. A model sharing no task with the
-    reference gets ``delta_m = None``.
+    reference gets ``delta_m = None``; so does a model with non-finite predictions on a reference task
+    (averaging over its other tasks would hide its failure and could rank it higher).
     """
     out = {}
     for report in reports:
+        refused = [
+            t
+            for t, entry in report.get("tasks", {}).items()
+            if t in reference and int(entry.get("num_nonfinite_predictions") or 0) > 0
+        ]
+        if refused:
+            name = str(report.get("name", "model"))
+            out[name] = {"delta_m": None, "tasks": [], "per_task": {}, "nonfinite_tasks": sorted(refused)}
+            continue
         metrics = {
             t: v
             for t, v in primary_metrics(report).items()
