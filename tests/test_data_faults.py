@@ -90,13 +90,22 @@ def test_a_corrupt_manifest_is_named(tmp_path, capsys):
 def test_flipped_bytes_in_an_arrow_file_are_detected_on_load(tmp_path):
     out = make_dataset("flying", 2, tmp_path / "f", size=16)
     arrow = out / "data-00000-of-00001.arrow"
-    data = bytearray(arrow.read_bytes())
+    original = arrow.read_bytes()
+    data = bytearray(original)
     data[len(data) // 2] ^= 0xFF  # a byte inside the label buffers: Arrow alone reads it without error
     arrow.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"data-00000-of-00001\.arrow is damaged: its checksum differs"):
         load_source(out)
     recorded = json.loads((out / MANIFEST).read_text())["checksums"]
-    assert list(recorded) == [arrow.name] and recorded[arrow.name].startswith("sha256:")
+    assert sorted(recorded) == sorted([arrow.name, "dataset_info.json", "state.json"])
+    assert all(value.startswith("sha256:") for value in recorded.values())
+    # The metadata is covered too: a changed feature type would decode the same bytes differently.
+    arrow.write_bytes(original)
+    info = out / "dataset_info.json"
+    assert '"float32"' in info.read_text()
+    info.write_text(info.read_text().replace('"float32"', '"float16"', 1))
+    with pytest.raises(ValueError, match=r"dataset_info\.json is damaged"):
+        load_source(out)
 
 
 def test_a_data_set_without_checksums_loads_with_one_warning(tmp_path, caplog):

@@ -290,7 +290,7 @@ def _assemble(out: Path, n_shards: int) -> None:
     files = sorted((tmp / "data").iterdir(), key=lambda p: p.name == "state.json")
     # Checksums go into the manifest before the files move in; state.json, moved last, marks completion.
     manifest = read_manifest(out) or {}
-    manifest["checksums"] = {f.name: file_checksum(f) for f in files if f.suffix == ".arrow"}
+    manifest["checksums"] = {f.name: file_checksum(f) for f in files}  # Arrow data and its JSON metadata
     write_manifest(out, manifest)
     for f in files:
         os.replace(f, out / f.name)

@@ -1,7 +1,8 @@
 """The manifest ``make_data.json`` of a data set folder: its settings and a checksum per Arrow file.
 
 ``make_dataset`` writes the manifest before rendering (it marks the folder as this tool's own) and adds
-``"checksums": {file name: "sha256:<hex>"}`` for the Arrow files when it assembles them. ``load_source``
+``"checksums": {file name: "sha256:<hex>"}`` for the Arrow files and their JSON metadata when it
+assembles them. ``load_source``
 verifies those checksums before memory-mapping the files, so flipped bytes are an error naming the
 file instead of a crash inside Arrow or silently altered rows. Hashing reads each file once at
 about 1 GB/s, far less than decoding its images and labels.
@@ -89,10 +90,12 @@ def verify_data_files(folder: Path) -> None:
                 folder,
             )
         return
-    for name in data_files(folder):
-        expected = recorded.get(name)
-        if expected is None:
-            raise ValueError(f"{folder / name} has no checksum in {folder / MANIFEST}; render the data again")
+    unrecorded = [name for name in data_files(folder) if name not in recorded]
+    if unrecorded:
+        raise ValueError(f"{folder}: data files {unrecorded} have no checksum in {MANIFEST}; render it again")
+    for name, expected in recorded.items():
+        if not (folder / name).is_file():
+            raise ValueError(f"{folder / name}, recorded in {MANIFEST}, is missing; render the data again")
         if file_checksum(folder / name) != expected:
             raise ValueError(
                 f"{folder / name} is damaged: its checksum differs from the one recorded in "
