@@ -102,9 +102,17 @@ def test_flipped_bytes_in_an_arrow_file_are_detected_on_load(tmp_path):
     # The metadata is covered too: a changed feature type would decode the same bytes differently.
     arrow.write_bytes(original)
     info = out / "dataset_info.json"
-    assert '"float32"' in info.read_text()
-    info.write_text(info.read_text().replace('"float32"', '"float16"', 1))
+    info_text = info.read_text()
+    assert '"float32"' in info_text
+    info.write_text(info_text.replace('"float32"', '"float16"', 1))
     with pytest.raises(ValueError, match=r"dataset_info\.json is damaged"):
+        load_source(out)
+    info.write_text(info_text)
+    assert len(load_source(out)) == 2
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["checksums"]["../elsewhere.txt"] = "sha256:0"
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"lists '\.\./elsewhere\.txt', which is not a file name"):
         load_source(out)
 
 

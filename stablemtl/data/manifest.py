@@ -94,6 +94,8 @@ def verify_data_files(folder: Path) -> None:
     if unrecorded:
         raise ValueError(f"{folder}: data files {unrecorded} have no checksum in {MANIFEST}; render it again")
     for name, expected in recorded.items():
+        if Path(name).name != name or name in ("", ".", ".."):  # only files of this folder are ours to read
+            raise ValueError(f"{folder / MANIFEST} lists {name!r}, which is not a file name of this folder")
         if not (folder / name).is_file():
             raise ValueError(f"{folder / name}, recorded in {MANIFEST}, is missing; render the data again")
         if file_checksum(folder / name) != expected:
