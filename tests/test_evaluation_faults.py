@@ -11,7 +11,7 @@ from evaluation_fixtures import ALL_TASKS, ConstantPredictor, make_sample
 from PIL import Image
 
 import stablemtl.cli.evaluate as cli
-from stablemtl.evaluation import build_reference, evaluate, render_markdown
+from stablemtl.evaluation import build_reference, evaluate, evaluate_models, render_markdown, write_report
 from stablemtl.evaluation.references import delta_m_table
 from stablemtl.tasks import Task, register_task, unregister_task
 
@@ -32,7 +32,7 @@ class _Brightness(Task):
         return (image3.mean(dim=-3, keepdim=True) + 1) / 2
 
     def visualize(self, prediction):
-        return Image.fromarray((prediction[0].clamp(0, 1).numpy() * 255).astype(np.uint8))
+        return Image.fromarray((prediction[0].nan_to_num().clamp(0, 1).numpy() * 255).astype(np.uint8))
 
     def metrics(self, prediction, label, valid):
         return {"mae": float((prediction - label)[0][valid].abs().mean())}
@@ -190,3 +190,14 @@ def test_out_naming_a_file_is_refused_before_evaluating(tmp_path, depth_only):
     with pytest.raises(SystemExit, match=r"--out .* is a file"):
         cli.main(["--model", "runs/depth", "--data", "d", "--out", str(tmp_path / "out")])
     assert depth_only == []
+
+
+def test_report_with_nonfinite_and_class_score_predictions_is_written(brightness_samples, tmp_path):
+    evaluation = evaluate_models(
+        {"nan": _Poisoned(math.nan)}, brightness_samples, progress=False, num_visuals=1
+    )  # semantic as (B, 8, H, W) class scores with one NaN pixel
+    payload = write_report(tmp_path, evaluation.reports, None, evaluation.visuals)
+    assert (tmp_path / "figures" / "grid_000_synthetic.png").exists()
+    saved = json.loads((tmp_path / "metrics.json").read_text())["models"][0]["tasks"]["semantic"]
+    assert saved["metrics"]["miou"] is None and saved["num_nonfinite_predictions"] == 1
+    assert payload["models"][0]["name"] == "nan"
