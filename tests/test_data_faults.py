@@ -142,6 +142,13 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:  # the process ended meanwhile
+        return b""
+
+
 def _alive(pid: int) -> bool:
     try:
         state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -169,11 +176,7 @@ def test_workers_die_when_make_data_is_killed(tmp_path):
         while time.monotonic() < deadline and not any((out / "shards").glob("shard-*")):
             assert parent.poll() is None, "make-data ended before its workers started"
             time.sleep(0.2)
-        workers = {
-            pid
-            for pid in _children(parent.pid)
-            if b"spawn_main" in (Path("/proc") / str(pid) / "cmdline").read_bytes()
-        }
+        workers = {pid for pid in _children(parent.pid) if b"spawn_main" in _cmdline(pid)}
         assert len(workers) == 2
     finally:
         parent.send_signal(signal.SIGKILL)
