@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 from stablemtl.data.manifest import (
     MANIFEST,
     file_checksum,
-    missing_data_files,
     read_manifest,
+    verify_data_files,
     write_manifest,
 )
 from stablemtl.data.profiles import check_split, get_profile
@@ -239,13 +239,14 @@ def _make_locked(
     }
     _check_manifest(out, settings)
     if (out / "state.json").exists():
-        missing = missing_data_files(out)
-        if not missing:
+        try:
+            verify_data_files(out)  # every listed file present and, when recorded, its checksum equal
             logger.info("%s is complete", out)
             return out
-        # Rows are a pure function of the settings, so rendering again restores exactly what was lost.
-        logger.warning("%s lists data files %s that are missing; rendering the data set again", out, missing)
-        (out / "state.json").unlink()
+        except ValueError as err:
+            # Rows are a pure function of the settings, so rendering again restores exactly what was lost.
+            logger.warning("%s; rendering the data set again", err)
+            (out / "state.json").unlink()
     (out / SHARDS).mkdir(exist_ok=True)
     jobs = [(k, s, min(s + shard_size, n)) for k, s in enumerate(range(0, n, shard_size))]
     todo = [job for job in jobs if not (out / SHARDS / _shard_name(job[0])).exists()]

@@ -78,7 +78,10 @@ def verify_data_files(folder: Path) -> None:
     folder = Path(folder)
     missing = missing_data_files(folder)
     if missing:
-        raise ValueError(f"{folder} is incomplete: its data file(s) {missing} are missing")
+        raise ValueError(
+            f"{folder} is incomplete: its data file(s) {missing} are missing; run stablemtl-make-data again "
+            "with the same settings to render them again"
+        )
     recorded = (read_manifest(folder) or {}).get("checksums")
     if not isinstance(recorded, dict):
         key = str(folder.resolve())
@@ -101,5 +104,6 @@ def verify_data_files(folder: Path) -> None:
         if file_checksum(folder / name) != expected:
             raise ValueError(
                 f"{folder / name} is damaged: its checksum differs from the one recorded in "
-                f"{MANIFEST} when it was written; delete {folder} and render it again"
+                f"{MANIFEST} when it was written; run stablemtl-make-data again with the same settings to "
+                "render the data set again"
             )
