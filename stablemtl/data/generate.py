@@ -169,11 +169,11 @@ def make_dataset(
 
     ``workers`` > 0 renders shards in that many processes (one torch thread each). Rerunning after an
     interruption resumes (with any number of workers); rerunning a finished folder with the same
-    settings returns at once; other settings raise ``ValueError``, and so does an ``out`` that is a file
-    or a non-empty folder without this tool's ``make_data.json`` (left untouched). A concurrent run on
-    the same folder waits for this one (file lock). ``progress`` shows a row-count bar (tqdm, on
-    stderr). Disk: about 0.6 MB per 128 px row with every street label (labels are stored exactly, as
-    float32).
+    settings verifies its checksums (damaged or missing files are rendered again) and returns; other
+    settings raise ``ValueError``, and so does an ``out`` that is a file or a non-empty folder without
+    this tool's ``make_data.json`` (left untouched). A concurrent run on the same folder waits for this
+    one (file lock). ``progress`` shows a row-count bar (tqdm, on stderr). Disk: about 0.6 MB per
+    128 px row with every street label (labels are stored exactly, as float32).
     """
     prof = get_profile(profile)
     check_split(split)
