@@ -93,6 +93,16 @@ def test_nonfinite_predictions_are_counted_and_never_scored(brightness_samples, 
     assert "- model: 1 of 3 albedo predictions hold NaN or inf, so its metrics are not computed." in markdown
 
 
+def test_a_task_without_valid_label_pixels_is_listed_as_skipped(brightness_samples, caplog):
+    for sample in brightness_samples:
+        sample["valid"]["normal"][:] = False
+    with caplog.at_level(logging.WARNING, logger="stablemtl.evaluation.evaluator"):
+        report = evaluate(_Poisoned(0.5), brightness_samples, tasks=["depth", "normal"], progress=False)
+    assert list(report["tasks"]) == ["depth"]
+    assert report["skipped_tasks"] == {"normal": "no sample has a valid label pixel for it"}
+    assert "task 'normal' is not scored: no sample has a valid label pixel" in caplog.text
+
+
 def test_nonfinite_values_at_invalid_pixels_do_not_count(brightness_samples):
     for sample in brightness_samples:
         sample["valid"]["depth"][3, 5] = False

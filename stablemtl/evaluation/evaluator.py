@@ -157,13 +157,18 @@ def evaluate_models(
             for name in predictors:
                 skipped[name][task_name] = "no sample labels it"
     for name in predictors:
+        for task_name, metric in metrics[name].items():
+            if int(metric.num_images) == 0:  # predicted, but no image had a valid label pixel
+                skipped[name][task_name] = "no sample has a valid label pixel for it"
+        scored = {t for t, metric in metrics[name].items() if int(metric.num_images) > 0}
+        skipped[name] = {t: reason for t, reason in skipped[name].items() if t not in scored}
         _warn_about(name, skipped[name], metrics[name])
     data = {"num_samples": num_samples, "sources": dict(sources)}
     reports = {
         name: _report(
             name, metrics[name], configs[name], (batch_size, seed), data, elapsed, predict_seconds[name]
         )
-        | {"skipped_tasks": {t: r for t, r in skipped[name].items() if t not in metrics[name]}}
+        | {"skipped_tasks": skipped[name]}
         for name in predictors
     }
     return Evaluation(reports=reports, visuals=visuals)
@@ -263,8 +268,7 @@ def _score(batch, predictions: dict[str, torch.Tensor], metrics: dict[str, Any],
 
 def _warn_about(name: str, skipped: dict[str, str], metrics: dict[str, Any]) -> None:
     for task_name, reason in skipped.items():
-        if task_name not in metrics:
-            logger.warning("model %r: task %r is not scored: %s", name, task_name, reason)
+        logger.warning("model %r: task %r is not scored: %s", name, task_name, reason)
     for task_name, metric in metrics.items():
         bad = int(getattr(metric, "num_nonfinite", 0))
         if bad:
