@@ -106,8 +106,8 @@ def evaluate_models(
         "skipped_tasks": {task: reason}, "config", "data", "versions", "timestamp", "elapsed_seconds",
         "predict_seconds"}``. A task with any non-finite prediction has NaN metrics (refused, never
         scored as a number) and a warning is logged. A requested or labelled task that a model cannot
-        score (it does not predict it, no sample labels it, or it needs ``next_image``) is listed in
-        ``skipped_tasks`` with the reason and warned about once.
+        score (it does not predict it, no sample labels it or has a valid label pixel of it, or it needs
+        ``next_image``) is listed in ``skipped_tasks`` with the reason and warned about once.
     """
     if not predictors:
         raise ValueError("predictors is empty: pass {name: predictor}")
