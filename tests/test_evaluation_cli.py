@@ -128,7 +128,7 @@ def test_load_predictor_takes_hub_ids_from_the_cache_with_dtype_and_device(tmp_p
 @pytest.mark.parametrize(
     ("class_name", "message"),
     [
-        (["pipeline_stablemtl", "StableMTLPipeline"], "class name string"),
+        (["pipeline_stablemtl", "StableMTLPipeline", "extra"], "must name the pipeline class"),
         ("StableDiffusionPipeline", "not a"),
     ],
 )

@@ -135,9 +135,14 @@ def _read_folder_json(path: str, name: str, cache_dir: str | None, revision: str
                 f"({type(err).__name__}: {str(err).splitlines()[0]})"
             ) from err
     try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--model {path!r}: {file} is not valid JSON ({err})") from err
+        content = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"--model {path!r}: {file} cannot be read as JSON ({type(err).__name__}: {err})"
+        ) from err
+    if not isinstance(content, dict):
+        raise ValueError(f"--model {path!r}: {file} must hold a JSON object")
+    return content
 
 
 def _load_model_folder(path: str, config: dict, device: str, torch_dtype, hub_kwargs: dict):
@@ -181,12 +186,7 @@ def load_predictor(
                 "folder (config.json with a model_type)"
             )
         return _load_model_folder(path, config, device, torch_dtype, hub_kwargs)
-    class_name = index.get("_class_name", "StableMTLPipeline")
-    if not isinstance(class_name, str):
-        raise ValueError(
-            f"--model {path!r}: _class_name in model_index.json must be a class name string, got "
-            f"{class_name!r}"
-        )
+    class_name = _pipeline_class_name(index, f"--model {path!r}: model_index.json")
     cls = getattr(pipelines, class_name, None) if class_name in pipelines.__all__ else None
     if cls is None:
         raise ValueError(
@@ -198,6 +198,19 @@ def load_predictor(
     if not callable(getattr(pipe, "predict", None)):
         raise ValueError(f"--model {path!r} loads as {type(pipe).__name__}, which has no predict() method")
     return pipe
+
+
+def _pipeline_class_name(config: dict, where: str) -> str:
+    """``_class_name`` of a ``model_index.json``; diffusers' ``[module, class]`` form gives the class."""
+    class_name = config.get("_class_name", "StableMTLPipeline")
+    if isinstance(class_name, list) and len(class_name) == 2 and all(isinstance(c, str) for c in class_name):
+        class_name = class_name[1]
+    if not isinstance(class_name, str) or not class_name.isidentifier():
+        raise ValueError(
+            f"{where}: '_class_name' must name the pipeline class (e.g. \"StableMTLPipeline\" or "
+            f'["pipeline_stablemtl", "StableMTLPipeline"]), got {class_name!r}'
+        )
+    return class_name
 
 
 class ChainedSamples:
@@ -258,6 +271,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"stablemtl-eval: --write_model_card writes into local folders only; not folders: {not_folders}"
         )
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise SystemExit(f"stablemtl-eval: --out {args.out!r} is a file, not a folder")
+    reference = None
+    if args.reference:  # checked before the (long) evaluation, not after it
+        try:
+            reference = build_reference([r for path in args.reference for r in load_reports(path)])
+        except ValueError as err:
+            raise SystemExit(f"stablemtl-eval: --reference: {err}") from None
+
     reports: list[dict[str, Any]] = []
     visuals = []
     if args.model:
@@ -290,10 +312,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_model_cards(args.model, [result.reports[n] for n in names], args.data)
         reports = list(result.reports.values())
         visuals = result.visuals
+        if not any(r["tasks"] for r in reports):
+            reasons = "; ".join(
+                f"{r['name']}: {task} ({why})" for r in reports for task, why in r["skipped_tasks"].items()
+            )
+            raise SystemExit(f"stablemtl-eval: error: nothing was scored ({reasons or 'no task labelled'})")
     reports = merge_reports([*reports, *args.merge])
-    reference = None
-    if args.reference:
-        reference = build_reference([r for path in args.reference for r in load_reports(path)])
     payload = write_report(args.out, reports, reference, visuals, title=args.title)
     summary = render_markdown(reports, reference, payload["delta_m"], {}, args.title)
     sys.stdout.write(summary.split("## Settings")[0])

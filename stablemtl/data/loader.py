@@ -12,6 +12,7 @@ from datasets import load_from_disk
 from torch.utils.data import Dataset as TorchDataset
 
 from stablemtl.data.augment import Augmentation, augment_sample
+from stablemtl.data.manifest import verify_data_files
 from stablemtl.data.profiles import get_profile, profile_names
 from stablemtl.data.storage import LABEL_PREFIX, VALID_PREFIX, row_to_sample
 from stablemtl.tasks import check_tasks, get_task, task_names
@@ -115,7 +116,9 @@ def load_source(
 
     ``augment=True`` uses the augmentation of the source's profile, per task (spec §3.2; h-flip only for
     a source that is not a registered profile) unless ``augmentation`` is given, which then applies to
-    every task. ``tasks`` restricts the labels.
+    every task. ``tasks`` restricts the labels. The Arrow files are checked against the checksums in
+    ``make_data.json`` first (a mismatch or a missing file raises ``ValueError`` naming it; a folder
+    without checksums is loaded with a one-time warning).
     """
     path = Path(path)
     if not path.is_dir():
@@ -125,6 +128,8 @@ def load_source(
             " (an unfinished make_dataset run: rerun it to resume)" if (path / "shards").exists() else ""
         )
         raise ValueError(f"{path} is not a saved data set: state.json is missing{partial}")
+    # Before Arrow memory-maps the files: damaged bytes can crash it or change rows without an error.
+    verify_data_files(path)
     try:
         table = load_from_disk(str(path))
     except Exception as err:

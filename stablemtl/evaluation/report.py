@@ -117,6 +117,7 @@ def render_markdown(
             "```",
             "",
         ]
+    lines += _problems(reports)
     lines += ["## Settings", ""]
     lines += _settings(reports)
     lines += ["## Per-task metrics", ""]
@@ -141,6 +142,22 @@ def render_markdown(
 
 
 # --------------------------------------------------------------------------------------------------
+def _problems(reports) -> list[str]:
+    """A "Not scored" section: non-finite predictions (metrics refused) and tasks a model skipped."""
+    items = []
+    for report in reports:
+        for t, entry in report["tasks"].items():
+            bad = int(entry.get("num_nonfinite_predictions") or 0)
+            if bad:
+                items.append(
+                    f"- {report['name']}: {bad} of {entry['num_images']} {t} predictions hold NaN or inf, "
+                    "so its metrics are not computed."
+                )
+        for t, reason in (report.get("skipped_tasks") or {}).items():
+            items.append(f"- {report['name']}: {t} is not scored: {reason}.")
+    return ["## Not scored", "", *items, ""] if items else []
+
+
 def _settings(reports) -> list[str]:
     lines = []
     for report in reports:
