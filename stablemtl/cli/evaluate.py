@@ -181,6 +181,11 @@ def load_predictor(
     if index is None:
         config = _read_folder_json(path, "config.json", cache_dir, revision)
         if config is None:
+            if not Path(path).exists():
+                raise ValueError(
+                    f"--model {path!r} is neither a local model folder nor a loadable Hub id (neither "
+                    "model_index.json nor config.json could be found, in the cache or online)"
+                )
             raise ValueError(
                 f"--model {path!r} is not a pipeline folder (model_index.json is missing) nor a model "
                 "folder (config.json with a model_type)"
