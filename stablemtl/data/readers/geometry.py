@@ -63,9 +63,10 @@ def scene_flow_from_disparities(
     z0 = disparity_to_depth(disparity0, focal, baseline)
     z1 = disparity_to_depth(disparity1, focal, baseline)
     valid = (disparity0 > 0) & (disparity1 > 0)
-    p0 = backproject(x, y, z0, focal, focal, cx, cy)
-    p1 = backproject(x + flow[..., 0], y + flow[..., 1], z1, focal, focal, cx, cy)
-    motion = np.where(valid[..., None], p1 - p0, 0.0)
+    with np.errstate(invalid="ignore"):  # inf depths of invalid pixels; masked out below
+        p0 = backproject(x, y, z0, focal, focal, cx, cy)
+        p1 = backproject(x + flow[..., 0], y + flow[..., 1], z1, focal, focal, cx, cy)
+        motion = np.where(valid[..., None], p1 - p0, 0.0)
     return motion.astype(np.float32), valid
 
 
@@ -77,24 +78,30 @@ def opencv_to_toolkit(vectors: np.ndarray) -> np.ndarray:
 def normals_from_depth(depth: np.ndarray, valid: np.ndarray, fx: float, fy: float, cx: float, cy: float):
     """Unit normals ``(H, W, 3)`` (toolkit axes) of a depth map, and where they are defined.
 
-    The depth-to-normal relation of D2NT (Feng et al. 2023): with ``Gu, Gv`` the image gradients of Z,
-    ``n ~ (fx Gu, fy Gv, -(Z + (u - cx) Gu + (v - cy) Gv))`` in OpenCV axes (facing the camera). The
-    gradients are central differences, one-sided at invalid neighbours, and a normal is defined where
-    the pixel and one neighbour on each axis are valid.
+    The camera points are back-projected with the intrinsics; the normal is the cross product of the
+    point differences along the image rows and columns (central, one-sided next to an invalid pixel),
+    turned to face the camera. This is exact on planes (the official vKITTI normals use D2NT, a
+    gradient form of the same relation). Defined where the pixel and a neighbour on each axis are valid.
     """
     z = np.where(valid, depth, np.nan).astype(np.float64)
     h, w = z.shape
     v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    points = backproject(u, v, z, fx, fy, cx, cy)  # [H,W,3], NaN where invalid
 
-    def gradient(axis: int) -> np.ndarray:
-        forward = np.diff(z, axis=axis, append=np.nan)  # z[i+1] - z[i]
-        backward = np.diff(z, axis=axis, prepend=np.nan)  # z[i] - z[i-1]
-        both = (forward + backward) / 2
-        return np.where(np.isfinite(both), both, np.where(np.isfinite(forward), forward, backward))
+    def tangent(axis: int) -> np.ndarray:
+        pad = [(0, 0)] * 3
+        pad[axis] = (1, 1)
+        padded = np.pad(points, pad, constant_values=np.nan)
+        ahead = np.take(padded, range(2, padded.shape[axis]), axis=axis)
+        behind = np.take(padded, range(0, padded.shape[axis] - 2), axis=axis)
+        central = (ahead - behind) / 2
+        forward, backward = ahead - points, points - behind
+        return np.where(np.isfinite(central), central, np.where(np.isfinite(forward), forward, backward))
 
-    gu, gv = gradient(1), gradient(0)
-    normal = np.stack([fx * gu, fy * gv, -(z + (u - cx) * gu + (v - cy) * gv)], axis=-1)
+    normal = np.cross(tangent(0), tangent(1))  # rows x columns: towards the camera for a frontal plane
+    facing = np.sum(normal * points, axis=-1) > 0
+    normal = np.where(facing[..., None], -normal, normal)
     norm = np.linalg.norm(normal, axis=-1, keepdims=True)
     defined = np.isfinite(norm[..., 0]) & (norm[..., 0] > 0) & valid
-    normal = np.where(defined[..., None], normal / np.where(norm > 0, norm, 1.0), 0.0)
+    normal = np.where(defined[..., None], normal / np.where(defined[..., None], norm, 1.0), 0.0)
     return opencv_to_toolkit(normal).astype(np.float32) * defined[..., None], defined
