@@ -135,7 +135,12 @@ class Reader(TorchDataset):
             logger.info(
                 "%s: %d line(s) of %s have no ground truth and are skipped", self.name, dropped, split_path
             )
-        missing = [(i, p) for i, e in enumerate(entries) for p in self.files(e, self.tasks) if not p.exists()]
+        missing = [
+            (i, p)
+            for i, e in enumerate(entries)
+            for p in dict.fromkeys(self.files(e, self.tasks))
+            if not p.exists()
+        ]
         if missing:
             shown = ", ".join(str(p) for _, p in missing[:5])
             raise ValueError(
