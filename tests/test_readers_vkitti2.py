@@ -102,3 +102,19 @@ def test_an_unknown_class_colour_is_an_error(vkitti):
     reader = load_source({"reader": "vkitti2", "root": vkitti, "tasks": ["semantic"]})
     with pytest.raises(ValueError, match="no vKITTI 2 class"):
         reader[0]
+
+
+def test_per_task_split_files_label_only_the_tasks_that_list_a_frame(vkitti):
+    (vkitti / "depth.txt").write_text(
+        "Scene02/clone/frames/depth/Camera_0/depth_00000.png\nScene02/clone/frames/depth/Camera_0/depth_00001.png\n"
+    )
+    (vkitti / "semantic.txt").write_text(
+        "Scene02/clone/frames/classSegmentation/Camera_0/classgt_00000.png\n"
+    )
+    split = {"depth": "depth.txt", "semantic": "semantic.txt"}
+    reader = load_source({"reader": "vkitti2", "root": vkitti, "split": split, "resolution": None})
+    assert reader.tasks == ["depth", "semantic"] and len(reader) == 2
+    assert reader.rows_with_task("depth") == [0, 1] and reader.rows_with_task("semantic") == [0]
+    assert set(reader[0]["labels"]) == {"depth", "semantic"} and set(reader[1]["labels"]) == {"depth"}
+    with pytest.raises(ValueError, match=r"none for tasks \['normal'\]"):
+        load_source({"reader": "vkitti2", "root": vkitti, "split": split, "tasks": ["depth", "normal"]})

@@ -31,7 +31,9 @@ class Reader(TorchDataset):
     Args:
         root: the data set folder, laid out as the data set ships (see each reader).
         split: a split file (official format of the data set, or one frame per line); relative paths
-            are looked up in ``root`` first. None lists every complete frame under ``root``.
+            are looked up in ``root`` first. None lists every complete frame under ``root``. A mapping
+            ``{task: split file}`` gives each task its own list (as the official per-task lists do): a
+            frame labels the tasks whose lists name it, and ``tasks`` defaults to the mapping's keys.
         resolution: ``(H, W)`` of the returned samples; "default" is the reader's official size, None
             keeps the native size (after the reader's crop, if any).
         tasks: the tasks to label (default: all the reader can label).
@@ -53,7 +55,7 @@ class Reader(TorchDataset):
     def __init__(
         self,
         root: str | Path,
-        split: str | Path | None = None,
+        split: str | Path | Mapping[str, str | Path] | None = None,
         resolution: Sequence[int] | str | None = "default",
         tasks: Iterable[str] | None = None,
         source: str | None = None,
@@ -63,6 +65,10 @@ class Reader(TorchDataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"{self.name}: root {str(self.root)!r} is not a folder")
+        if isinstance(split, Mapping) and tasks is None:
+            tasks = [t for t in self.available_tasks if t in split] + [
+                t for t in split if t not in self.available_tasks
+            ]
         self.tasks = self._select_tasks(tasks)
         self.resolution = self._resolution(resolution)
         self.source = str(source or self.name)
@@ -71,7 +77,11 @@ class Reader(TorchDataset):
         self.augmentation: Augmentation | None = None  # set by load_source(augment=True)
         self.task_augmentation: dict[str, Augmentation] = {}
         self.path = str(self.root)
-        self.entries = self._read_split(split) if split is not None else self._discover()
+        self._labels: list[list[str]] | None = None  # per-frame tasks under per-task split files
+        if isinstance(split, Mapping):
+            self.entries = self._read_task_splits(split)
+        else:
+            self.entries = self._read_split(split) if split is not None else self._discover()
 
     # -- subclass hooks ---------------------------------------------------------------------------
     def discover(self) -> list[Entry]:
@@ -114,7 +124,22 @@ class Reader(TorchDataset):
         path = Path(path)
         return path if path.is_absolute() or not (self.root / path).exists() else self.root / path
 
-    def _read_split(self, split: str | Path) -> list[Entry]:
+    def _read_task_splits(self, splits: Mapping[str, str | Path]) -> list[Entry]:
+        missing = [t for t in self.tasks if t not in splits]
+        if missing:
+            raise ValueError(f"{self.name}: split gives lists for {sorted(splits)}, none for tasks {missing}")
+        order: dict[tuple, Entry] = {}
+        labels: dict[tuple, list[str]] = {}
+        for task in self.tasks:
+            for entry in self._read_split(splits[task], [task]):
+                key = tuple(sorted((k, str(v)) for k, v in entry.items()))
+                order.setdefault(key, entry)
+                labels.setdefault(key, []).append(task)
+        self._labels = [labels[k] for k in order]
+        return list(order.values())
+
+    def _read_split(self, split: str | Path, tasks: Sequence[str] | None = None) -> list[Entry]:
+        tasks = self.tasks if tasks is None else tasks
         split_path = self._resolve(split)
         if not split_path.is_file():
             raise ValueError(f"{self.name}: split file {str(split)!r} does not exist (nor in {self.root})")
@@ -138,7 +163,7 @@ class Reader(TorchDataset):
         missing = [
             (i, p)
             for i, e in enumerate(entries)
-            for p in dict.fromkeys(self.files(e, self.tasks))
+            for p in dict.fromkeys(self.files(e, tasks))
             if not p.exists()
         ]
         if missing:
@@ -175,13 +200,13 @@ class Reader(TorchDataset):
         self.epoch = int(epoch)
 
     def rows_with_task(self, task: str) -> list[int]:
-        """Indices of the frames that label ``task`` (all of them unless the reader says otherwise)."""
+        """Indices of the frames that label ``task``."""
         get_task(task)
-        return list(range(len(self))) if task in self.tasks else []
+        return [i for i in range(len(self)) if task in self.tasks_of(i)]
 
     def tasks_of(self, index: int) -> list[str]:
-        """The tasks frame ``index`` labels."""
-        return list(self.tasks)
+        """The tasks frame ``index`` labels (all of ``tasks`` unless per-task split files say otherwise)."""
+        return list(self.tasks) if self._labels is None else list(self._labels[index])
 
     def raw(self, index: int, tasks: Sequence[str] | None = None) -> dict:
         """Frame ``index`` as an unaugmented Sample at ``resolution`` (labels for ``tasks``, default all)."""

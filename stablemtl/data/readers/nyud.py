@@ -25,7 +25,7 @@ import torch
 from stablemtl.data.augment import Augmentation
 from stablemtl.data.readers.base import Entry, Reader, add_label, check_shape, new_sample
 from stablemtl.data.readers.formats import read_npy
-from stablemtl.tasks import IGNORE_INDEX, get_task
+from stablemtl.tasks import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -122,10 +122,6 @@ class NyudReader(Reader):
 
     def tasks_of(self, index: int) -> list[str]:
         return list(self.labels[index])
-
-    def rows_with_task(self, task: str) -> list[int]:
-        get_task(task)
-        return [i for i, row in enumerate(self.labels) if task in row]
 
     def load(self, entry: Entry, tasks: Sequence[str]) -> dict:
         image = read_npy(self._file(entry, "image"), "an (H, W, 3) image")

@@ -117,10 +117,6 @@ class PlainFolderReader(Reader):
     def tasks_of(self, index: int) -> list[str]:
         return [t for t in self.tasks if t in self.entries[index]["labels"]]
 
-    def rows_with_task(self, task: str) -> list[int]:
-        get_task(task)
-        return [i for i, e in enumerate(self.entries) if task in e["labels"] and task in self.tasks]
-
     def load(self, entry: Entry, tasks: Sequence[str]) -> dict:
         pair = entry["next_image"] is not None and any(get_task(t).needs_pair for t in tasks)
         sample = new_sample(read_rgb(entry["image"]), read_rgb(entry["next_image"]) if pair else None)
