@@ -10,6 +10,7 @@ from datasets import load_from_disk
 from PIL import Image
 
 from stablemtl.data import load_source, make_dataset
+from stablemtl.data.readers import Reader
 from stablemtl.data.readers.formats import write_png16
 
 
@@ -99,3 +100,35 @@ def test_reader_sources_feed_the_training_sampler_and_the_evaluator(hypersim):
         assert group["source"] == ["hypersim", "hypersim"]
     samples = list(load_samples([spec], limit=3))
     assert len(samples) == 3 and set(samples[0]["labels"]) == {"depth", "normal", "albedo", "shading"}
+
+
+def test_a_yaml_spec_file_and_the_shipped_data_configs(hypersim, tmp_path):
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    from stablemtl.data.readers import get_reader
+    from stablemtl.training.config import load_config
+
+    (tmp_path / "h.yaml").write_text(
+        f"reader: hypersim\nroot: {hypersim}\nresolution: [8, 8]\ntasks: [depth]\n"
+    )
+    assert load_source(str(tmp_path / "h.yaml"))[0]["labels"]["depth"].shape == (1, 8, 8)
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ValueError, match="must hold one source mapping"):
+        load_source(str(tmp_path / "list.yaml"))
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for path in sorted((configs / "data").glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text())
+        cls = get_reader(spec.pop("reader"))
+        accepted = set(inspect.signature(cls.__init__).parameters) | set(
+            inspect.signature(Reader.__init__).parameters
+        )
+        assert set(spec) <= accepted, f"{path.name}: options {set(spec) - accepted} are not {cls.name}'s"
+        if isinstance(spec.get("split"), dict):
+            assert set(spec["split"]) <= set(cls.available_tasks), path.name
+    stage1 = load_config(configs / "stage1.yaml")
+    names = {yaml.safe_load((configs.parent / entry).read_text())["reader"] for entry in stage1.train_data}
+    assert names == {"hypersim", "vkitti2", "flyingthings3d"}
+    assert {s for weights in stage1.source_weights.values() for s in weights} <= names

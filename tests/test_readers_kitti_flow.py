@@ -37,7 +37,7 @@ def kitti_flow(tmp_path):
 
 def test_flow_and_scene_flow_values_after_the_benchmark_crop(kitti_flow):
     split = kitti_flow / "training.txt"
-    split.write_text("000007_10\n")
+    split.write_text("training/flow_occ/000007_10.png\n")  # the official format
     reader = load_source({"reader": "kitti_flow", "root": kitti_flow, "split": split, "resolution": None})
     sample = reader[0]
     assert sample["image"].shape == (3, 352, 1216) and sample["next_image"].shape == (3, 352, 1216)

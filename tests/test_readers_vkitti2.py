@@ -49,7 +49,7 @@ def vkitti(tmp_path):
 
 def test_depth_semantic_and_flows_decode_to_known_values(vkitti):
     split = vkitti / "depth_train.txt"
-    split.write_text("Scene02/clone/frames/depth/Camera_0/depth_00000.png\n")  # the official format
+    split.write_text("original/Scene02/clone/frames/depth/Camera_0/depth_00000.png\n")  # the official format
     reader = load_source({"reader": "vkitti2", "root": vkitti, "split": split, "resolution": None})
     sample = reader[0]
     assert "next_image" in sample and sample["next_image"][0, 0, 0].item() == pytest.approx(
@@ -117,4 +117,11 @@ def test_per_task_split_files_label_only_the_tasks_that_list_a_frame(vkitti):
     assert reader.rows_with_task("depth") == [0, 1] and reader.rows_with_task("semantic") == [0]
     assert set(reader[0]["labels"]) == {"depth", "semantic"} and set(reader[1]["labels"]) == {"depth"}
     with pytest.raises(ValueError, match=r"none for tasks \['normal'\]"):
-        load_source({"reader": "vkitti2", "root": vkitti, "split": split, "tasks": ["depth", "normal"]})
+        load_source(
+            {
+                "reader": "vkitti2",
+                "root": vkitti,
+                "split": {"depth": "depth.txt"},
+                "tasks": ["depth", "normal"],
+            }
+        )

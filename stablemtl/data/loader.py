@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from datasets import load_from_disk
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import IterableDataset as TorchIterableDataset
@@ -136,6 +137,7 @@ def load_source(
     - a plain folder (``images/`` plus per-task label folders, see docs/data.md);
     - ``"reader:root"``, e.g. ``"hypersim:data/hypersim/train"``: a reader with its defaults (every
       complete frame under root, the official resolution); ``"hub:user/name"``: a ``datasets`` data set;
+    - a ``.yaml`` file holding one mapping as below (the files of ``configs/data/``);
     - a mapping: ``{"reader": "vkitti2", "root": ..., "split": ..., "resolution": [H, W], "tasks": [...],
       "source": ..., "augmentation": {...}, <reader options>}``, ``{"hub": "user/name" or a local data
       folder, "split": "train", "revision": ..., "streaming": false}`` or ``{"path": folder}``.
@@ -165,6 +167,8 @@ def load_source(
             return _load_hub(spec, augment, seed, tasks, augmentation)
         return _open_reader(spec, augment, seed, tasks, augmentation)
     text = str(spec)
+    if text.endswith((".yaml", ".yml")):
+        return load_source(_spec_file(Path(text)), augment, seed, tasks, augmentation)
     prefix, sep, rest = text.partition(":")
     if sep and prefix == "hub":
         return _load_hub({"hub": rest}, augment, seed, tasks, augmentation)
@@ -174,6 +178,21 @@ def load_source(
     if path.is_dir() and not (path / "state.json").exists() and (path / "images").is_dir():
         return _open_reader({"reader": "plain", "root": path}, augment, seed, tasks, augmentation)
     return _load_folder(path, augment, seed, tasks, augmentation)
+
+
+def _spec_file(path: Path) -> dict:
+    """A YAML file holding one source mapping (the config entry of one data set)."""
+    if not path.is_file():
+        raise ValueError(f"source spec file {str(path)!r} does not exist")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(spec, Mapping):
+        raise ValueError(
+            f"{path} must hold one source mapping ({{reader: ..., root: ...}}), got {type(spec).__name__}"
+        )
+    return dict(spec)
 
 
 def _augmentation(value) -> Augmentation | None:

@@ -11,7 +11,9 @@
   values 725.0087, 725.0087, 620.5, 187.0 are used when it is absent).
 
 Normals are computed from the depth with the camera intrinsics (see ``geometry.normals_from_depth``).
-Split files: any vKITTI path per line (the official per-task lists name depth, classgt or flow files).
+Split files: any vKITTI path per line, with or without a leading folder (the official per-task lists
+name ``original/SceneXX/.../depth_NNNNN.png``, ``classgt``, flow files or
+``normal_estimated/SceneXX/.../normal_NNNNN.npy``); the frames are looked up under ``root``.
 """
 
 from __future__ import annotations
@@ -108,18 +110,19 @@ class VirtualKitti2Reader(Reader):
     }
 
     def discover(self) -> list[Entry]:
-        return [self._entry(p) for p in sorted(self.root.glob("**/frames/rgb/Camera_*/rgb_*.jpg"))]
+        return [self._entry(p) for p in sorted(self.root.glob("Scene*/*/frames/rgb/Camera_*/rgb_*.jpg"))]
 
     def parse_line(self, fields: list[str]) -> Entry:
-        return self._entry(self.root / fields[0])
+        return self._entry(Path(fields[0]))
 
     def _entry(self, path: Path) -> Entry:
         match = _PATH.search(path.as_posix())
         if match is None:
             raise ValueError(f"{path} is not a vKITTI 2 SceneXX/<variation>/frames/<kind>/Camera_N/ path")
         scene, variation, camera, frame = match.groups()
-        base = Path(path.as_posix()[: match.start()]) / scene / variation
-        return {"base": base, "camera": camera, "frame": int(frame)}
+        # Any prefix is dropped: the official lists name "original/Scene02/..." (their copy of the data)
+        # and "normal_estimated/Scene02/.../normal_00000.npy" (their precomputed normals).
+        return {"base": self.root / scene / variation, "camera": camera, "frame": int(frame)}
 
     def _file(self, entry: Entry, kind: str, frame: int | None = None) -> Path:
         folder, prefix, ext = _KIND[kind]
