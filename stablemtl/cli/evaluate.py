@@ -37,7 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stablemtl-eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", action="append", default=[], help="pipeline folder (repeat to compare)")
     p.add_argument("--name", action="append", default=[], help="name per --model (default: folder)")
-    p.add_argument("--data", action="append", default=[], help="data set folder (repeat to chain)")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        help="source: a data folder, configs/data/<set>.yaml, 'reader:root' or 'hub:id' (repeat to chain)",
+    )
     p.add_argument("--tasks", nargs="+", default=None, help="tasks to score (default: all labelled)")
     p.add_argument("--reference", action="append", default=[], help="metrics.json for Δm (repeatable)")
     p.add_argument("--merge", action="append", default=[], help="metrics.json whose models join the report")
