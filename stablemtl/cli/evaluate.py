@@ -54,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--name", action="append", default=[], help="report name per --model (default: its folder name)"
     )
-    p.add_argument("--data", action="append", default=[], help="data set folder (repeat to chain several)")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        help="source: a data folder, configs/data/<set>.yaml, 'reader:root' or 'hub:id' (repeat to chain)",
+    )
     p.add_argument("--tasks", nargs="+", default=None, help="tasks to score (default: every labelled task)")
     p.add_argument(
         "--reference", action="append", default=[], help="metrics.json of single-task references for Δm"
