@@ -22,6 +22,8 @@ class _Brightness(Task):
     name = "fault_brightness"
     prompt = "brightness"
     label_channels = 1
+    prediction_channels = 1
+    output_space = "mean brightness (B,1,H,W) in [0,1]"
     primary_metric = "mae"
     higher_is_better = False
 
@@ -117,7 +119,7 @@ def depth_only(monkeypatch):
     samples = [make_sample(i, ("depth", "normal")) for i in range(2)]
     loaded = []
 
-    def load_predictor(path, device="cpu"):
+    def load_predictor(path, device="auto", dtype="fp32", cache_dir=None, revision=None):
         loaded.append(path)
         return ConstantPredictor(tasks=["depth"])
 

@@ -131,7 +131,8 @@ def _check_out(out: Path) -> None:
         raise ValueError(f"out {str(out)!r} is a file, not a folder; give a new or empty folder")
     if not out.is_dir() or (out / MANIFEST).exists():
         return
-    foreign = sorted(p.name for p in out.iterdir() if p.name != LOCK)
+    # The lock and the manifest's temporary file are this tool's own (another run may be writing them).
+    foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith(".make_data."))
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise ValueError(

@@ -13,9 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
+
+from stablemtl.utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
 MANIFEST = "make_data.json"
@@ -41,11 +41,8 @@ def read_manifest(folder: Path) -> dict | None:
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
-    """Write ``manifest`` atomically (temporary file in the same folder, then ``os.replace``)."""
-    fd, tmp = tempfile.mkstemp(prefix=".make_data.", suffix=".tmp", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(manifest, indent=2))
-    os.replace(tmp, Path(folder) / MANIFEST)
+    """Write ``manifest`` atomically (its temporary file is ``.make_data.json.*.tmp`` beside it)."""
+    atomic_write_text(Path(folder) / MANIFEST, json.dumps(manifest, indent=2))
 
 
 def file_checksum(path: Path) -> str:
