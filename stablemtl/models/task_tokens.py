@@ -1,7 +1,8 @@
 """Task-token conditioning: the text-encoder embedding of each task prompt, computed once and cached.
 
-StableMTL conditions the UNet's cross-attention on the CLIP embedding of the task name (spec §2): the prompt
-("optical flow") is tokenized on its own, without padding to 77, so the sequence is BOS + word tokens + EOS,
+StableMTL conditions the UNet's cross-attention on the CLIP embedding of the task name
+(docs/architecture.md): the prompt ("optical flow") is tokenized on its own, without padding to 77,
+so the sequence is BOS + word tokens + EOS,
 and its ``last_hidden_state`` is the condition. The official code re-encodes the prompt on every call; here
 each embedding is computed once and saved beside the model (``task_embeddings.safetensors``, one key per
 task), so inference needs neither tokenizer nor text encoder for the tasks the model knows.

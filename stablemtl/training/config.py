@@ -2,7 +2,7 @@
 
 Precedence: dataclass defaults < YAML (``--config``) < flags. Flag names follow diffusers' training
 examples (``train_text_to_image.py``) where they mean the same thing. Defaults reproduce the official
-stage-1 run where it is known (spec §3.3, §8) except the step budget, which ``configs/*.yaml`` set.
+stage-1 run where it is known (docs/training.md) except the step budget, which ``configs/*.yaml`` set.
 """
 
 from __future__ import annotations
