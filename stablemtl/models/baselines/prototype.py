@@ -300,23 +300,39 @@ class PrototypeModel(
         Returns ``{"supervised", "reconstruction", "vq", "tke", "tc"}`` float32 scalars; ``supervised`` is
         the sum of the labelled tasks' losses (prototype paper's L_MTL).
         """
-        unknown = [t for t in targets if t not in self.tasks]
-        if unknown:
-            raise ValueError(f"targets name tasks {unknown} that the model does not have ({self.tasks})")
-        out = self(images, next_images, feature_tasks=self.tasks, head_tasks=list(targets))
-        supervised = out.projected.new_zeros(())
+        self._check_targets(targets)
+        return self.loss_terms(self(images, next_images, self.tasks, list(targets)), targets)
+
+    def loss_terms(
+        self, out: PrototypeOutput, targets: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """The terms of ``compute_losses`` from a forward output with ``feature_tasks`` = all tasks and
+        ``head_tasks`` = the labelled ones. Under DDP call the wrapped model's forward, then this on the
+        unwrapped model, so that gradient synchronisation sees the forward pass."""
+        self._check_targets(targets)
+        if out.feature_tasks != self.tasks or set(out.outputs) != set(targets):
+            raise ValueError(
+                f"out must come from forward(feature_tasks={self.tasks}, head_tasks={list(targets)}), got "
+                f"feature_tasks={out.feature_tasks}, head_tasks={list(out.outputs)}"
+            )
+        supervised = out.projected.new_zeros((), dtype=torch.float32)
         for task, (target, valid) in targets.items():
             supervised = supervised + supervised_task_loss(
                 out.outputs[task], target, valid, self.output_kinds[task]
             )
         slot_index = torch.arange(len(self.tasks), device=out.affinity_logits.device)
         return {
-            "supervised": supervised.float(),
+            "supervised": supervised,
             "reconstruction": out.reconstruction_loss.float(),
             "vq": out.vq_loss.float(),
             "tke": task_knowledge_embedding_loss(out.affinity_logits, slot_index),
             "tc": task_consistency_loss(out.projected, self.prototype.temperature),
         }
+
+    def _check_targets(self, targets: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        unknown = [t for t in targets if t not in self.tasks]
+        if unknown:
+            raise ValueError(f"targets name tasks {unknown} that the model does not have ({self.tasks})")
 
     # -- inference ----------------------------------------------------------------------------------------
     @torch.no_grad()
