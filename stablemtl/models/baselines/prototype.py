@@ -106,6 +106,8 @@ class PrototypeModel(
     nn.Module,
     PyTorchModelHubMixin,
     library_name="stablemtl",
+    paper_url="https://arxiv.org/abs/2601.07474",
+    license="apache-2.0",
     tags=["multi-task-learning", "dense-prediction", "partially-annotated", "task-prototype"],
 ):
     """The task-prototype multi-task model (see the module docstring for the data flow).
