@@ -185,8 +185,8 @@ def test_tc_on_a_constructed_batch():
 def test_vq_straight_through_passes_gradients_and_trains_the_codebook():
     model = tiny_model()
     encoded = torch.randn(2, 16, 4, 6, generator=torch.Generator().manual_seed(4), requires_grad=True)
-    quantized, vq_loss, (_, _, indices) = model.quantizer(encoded)
-    codebook = model.quantizer.embedding.weight
+    quantized, vq_loss, (_, _, indices) = model.shared.quantizer(encoded)
+    codebook = model.shared.quantizer.embedding.weight
     # Forward: each position is replaced by its nearest code.
     nearest = torch.cdist(encoded.detach().permute(0, 2, 3, 1).reshape(-1, 16), codebook.detach()).argmin(1)
     torch.testing.assert_close(indices, nearest)
@@ -204,15 +204,15 @@ def test_vq_straight_through_passes_gradients_and_trains_the_codebook():
     before = vq_loss.item()
     with torch.no_grad():
         codebook -= 0.5 * codebook.grad
-    assert model.quantizer(encoded)[1].item() < before
+    assert model.shared.quantizer(encoded)[1].item() < before
 
 
 def test_encoder_gradient_flows_through_the_quantised_branch():
     model = tiny_model()
     inputs = torch.cat([images(0), images(1)], dim=1)
     captured = {}
-    model.fuse.register_forward_hook(lambda module, args, output: captured.update(encoded=output))
-    integrated, _, _ = model.encode(inputs)
+    model.shared.fuse.register_forward_hook(lambda module, args, output: captured.update(encoded=output))
+    integrated, _, _ = model.shared(inputs)
     # f_i = f_e + f_q with straight-through f_q: d f_i / d f_e = 2 (both branches carry the gradient).
     grad = torch.autograd.grad(integrated.sum(), captured["encoded"])[0]
     torch.testing.assert_close(grad, torch.full_like(grad, 2.0))
@@ -275,7 +275,7 @@ def test_loss_weights_and_the_tke_only_ablation():
 def test_slot_dim_and_codebook_size_are_knobs():
     model = tiny_model(slot_dim=24, codebook_size=10)
     assert model.prototype.slots.shape == (7, 24)
-    assert model.quantizer.embedding.weight.shape == (10, 16)
+    assert model.shared.quantizer.embedding.weight.shape == (10, 16)
     assert model(images(0), feature_tasks=["depth"]).projected.shape == (2, 1, 24)
 
 
@@ -299,6 +299,13 @@ def test_bad_configuration_and_inputs_raise_value_errors():
         PrototypeModel(["depth"], {"normal": 1}, {"depth": "unit_interval"})
     with pytest.raises(ValueError, match="pair_tasks"):
         PrototypeModel(["depth"], {"depth": 1}, {"depth": "unit_interval"}, pair_tasks=["optical_flow"])
+    three_channels = ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[8] * 4, depths=[1] * 4
+    ).to_dict()
+    with pytest.raises(ValueError, match="6 input channels"):
+        tiny_model(backbone_config=three_channels)
+    with pytest.raises(ValueError, match="codebook_size"):
+        tiny_model(codebook_size=0)
     model = tiny_model()
     with pytest.raises(ValueError, match="images"):
         model.predict(torch.rand(2, 4, 32, 32), None, ["depth"])

@@ -11,7 +11,8 @@ Data flow (T tasks, input ``[B, 3, H, W]`` in [0, 1], features at stride 8, ``h 
    at stride 8 -> encoded feature f_e ``[B, c, h, w]``.
 2. Vector quantisation (paper §3, shared space): nearest entry of a learnable K-entry codebook per position,
    with the straight-through estimator -> f_q; the integrated feature is f_i = f_e + f_q.
-   Task-agnostic enhancement (TAE): a light decoder reconstructs the stacked input from f_i.
+   Task-agnostic enhancement (TAE): a light decoder reconstructs the stacked input from f_i
+   (steps 1-2: ``shared_space.py``).
 3. Task decoders: f_i -> task feature f_t ``[B, c_t, h, w]`` per task.
 4. Task prototype: f_t pooled and projected to f^_t ``[B, d]``; cosine affinity to the T slots; the
    affinity-weighted slots are the task-affinity features ``[B, T, d]`` (``task_prototype.py``).
@@ -27,7 +28,6 @@ as int64 class ids ``[B, 1, H, W]``), ``unit_interval`` (sigmoid, [0, 1]), ``sig
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -37,12 +37,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.autoencoders.vae import VectorQuantizer
 from huggingface_hub import PyTorchModelHubMixin
 from safetensors.torch import save_model
 from torch import nn
 
-from stablemtl.models.baselines.backbones import ResNetEncoder, resnet18_config
+from stablemtl.models.baselines.backbones import resnet18_config
 from stablemtl.models.baselines.knowledge_retrieval import KnowledgeRetrievalTransformer
 from stablemtl.models.baselines.prototype_losses import (
     OUTPUT_KINDS,
@@ -50,35 +49,11 @@ from stablemtl.models.baselines.prototype_losses import (
     task_consistency_loss,
     task_knowledge_embedding_loss,
 )
+from stablemtl.models.baselines.shared_space import QuantisedSharedSpace, conv_block
 from stablemtl.models.baselines.task_prototype import TaskPrototype
 
 MODEL_TYPE = "stablemtl-prototype"
 FEATURE_STRIDE = 8
-
-
-def _norm(channels: int) -> nn.GroupNorm:
-    # GroupNorm, not BatchNorm: the demo trains with micro-batches of a few images.
-    return nn.GroupNorm(math.gcd(32, channels), channels)
-
-
-def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), _norm(out_channels), nn.ReLU())
-
-
-class _Reconstruction(nn.Module):
-    """TAE decoder: f_i ``[B, c, h, w]`` -> the stacked input ``[B, 6, H, W]`` (no activation)."""
-
-    def __init__(self, channels: int, out_channels: int, width: int = 64):
-        super().__init__()
-        self.coarse = _conv_block(channels, width)
-        self.fine = _conv_block(width, width // 2)
-        self.out = nn.Conv2d(width // 2, out_channels, 1)
-
-    def forward(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        x = self.coarse(features)
-        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-        x = self.fine(x)
-        return self.out(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
 
 
 @dataclass
@@ -149,37 +124,25 @@ class PrototypeModel(
         super().__init__()
         tasks, pair_tasks = list(tasks), list(pair_tasks or [])
         _check_tasks(tasks, output_channels, output_kinds, pair_tasks)
-        for name, value in (
-            ("feature_channels", feature_channels),
-            ("task_feature_channels", task_feature_channels),
-            ("codebook_size", codebook_size),
-        ):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if commitment_beta < 0:
-            raise ValueError(f"commitment_beta must be >= 0, got {commitment_beta}")
+        if task_feature_channels < 1:
+            raise ValueError(f"task_feature_channels must be >= 1, got {task_feature_channels}")
         self.tasks = tasks
         self.pair_tasks = pair_tasks
         self.output_kinds = {t: output_kinds[t] for t in tasks}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.encoder = ResNetEncoder(backbone_config or resnet18_config(6).to_dict(), seed=seed)
-            if self.encoder.in_channels != 6:
-                raise ValueError(
-                    f"backbone_config must have 6 input channels, got {self.encoder.in_channels}"
-                )
-            self.lateral = nn.ModuleList(nn.Conv2d(c, feature_channels, 1) for c in self.encoder.channels)
-            self.fuse = nn.Conv2d(feature_channels, feature_channels, 3, padding=1)
-            # legacy=False: beta weighs the commitment term, as in VQ-VAE (diffusers keeps a legacy swap).
-            self.quantizer = VectorQuantizer(
-                codebook_size, feature_channels, beta=commitment_beta, legacy=False
+            self.shared = QuantisedSharedSpace(
+                backbone_config or resnet18_config(6).to_dict(),
+                feature_channels,
+                codebook_size,
+                commitment_beta,
+                seed,
             )
-            self.reconstruction = _Reconstruction(feature_channels, self.encoder.in_channels)
             self.task_decoders = nn.ModuleDict(
                 {
                     t: nn.Sequential(
-                        _conv_block(feature_channels, task_feature_channels),
-                        _conv_block(task_feature_channels, task_feature_channels),
+                        conv_block(feature_channels, task_feature_channels),
+                        conv_block(task_feature_channels, task_feature_channels),
                     )
                     for t in tasks
                 }
@@ -191,7 +154,7 @@ class PrototypeModel(
             self.heads = nn.ModuleDict(
                 {
                     t: nn.Sequential(
-                        _conv_block(task_feature_channels, task_feature_channels),
+                        conv_block(task_feature_channels, task_feature_channels),
                         nn.Conv2d(task_feature_channels, output_channels[t], 1),
                     )
                     for t in tasks
@@ -202,7 +165,7 @@ class PrototypeModel(
             "output_channels": {t: int(output_channels[t]) for t in tasks},
             "output_kinds": dict(self.output_kinds),
             "pair_tasks": pair_tasks,
-            "backbone_config": self.encoder.config_dict(),
+            "backbone_config": self.shared.encoder.config_dict(),
             "feature_channels": feature_channels,
             "task_feature_channels": task_feature_channels,
             "codebook_size": codebook_size,
@@ -215,23 +178,6 @@ class PrototypeModel(
         }
 
     # -- forward ------------------------------------------------------------------------------------------
-    def encode(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stacked input ``[B, 6, H, W]`` in [0, 1] -> (f_i ``[B, c, h, w]``, reconstruction, VQ loss)."""
-        stages = self.encoder(inputs)
-        size = stages[1].shape[-2:]  # stride 8
-        fused = sum(
-            F.interpolate(lateral(x), size=size, mode="bilinear", align_corners=False)
-            if x.shape[-2:] != size
-            else lateral(x)
-            for lateral, x in zip(self.lateral, stages)
-        )
-        encoded = self.fuse(fused)  # f_e
-        # diffusers' VectorQuantizer returns z + sg(z_q - z): the straight-through estimator.
-        quantized, vq_loss, _ = self.quantizer(encoded)  # f_q, codebook + beta * commitment
-        integrated = encoded + quantized  # f_i
-        reconstructed = self.reconstruction(integrated, inputs.shape[-2:])
-        return integrated, F.smooth_l1_loss(reconstructed, inputs), vq_loss
-
     def forward(
         self,
         images: torch.Tensor,
@@ -255,7 +201,7 @@ class PrototypeModel(
         inputs = {"still": torch.cat([images, images], dim=1)}
         if next_images is not None and any(t in self.pair_tasks for t in feature_tasks):
             inputs["pair"] = torch.cat([images, next_images], dim=1)
-        encoded = {key: self.encode(x) for key, x in inputs.items()}  # key -> (f_i, rec, vq)
+        encoded = {key: self.shared(x) for key, x in inputs.items()}  # key -> (f_i, rec, vq)
 
         task_features = {}
         for task in feature_tasks:

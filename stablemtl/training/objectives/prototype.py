@@ -147,7 +147,7 @@ def build_prototype_model(tasks: Sequence[str], config: PrototypeConfig) -> Prot
         seed=config.prototype_seed,
     )
     if pretrained is not None:
-        model.encoder.load_state_dict(pretrained.state_dict())
+        model.shared.encoder.load_state_dict(pretrained.state_dict())
     return model
 
 
