@@ -52,7 +52,7 @@ from stablemtl.models.baselines.prototype_losses import (
 from stablemtl.models.baselines.shared_space import QuantisedSharedSpace, conv_block
 from stablemtl.models.baselines.task_prototype import TaskPrototype
 
-MODEL_TYPE = "stablemtl-prototype"
+MODEL_TYPE = "prototype"  # what stablemtl-eval reads from config.json to pick the class
 FEATURE_STRIDE = 8
 
 

@@ -156,10 +156,10 @@ class PrototypeObjective(Objective):
     lambda_2 (L_tke + alpha L_tc)`` on task-isolated micro-batches.
 
     The heads of the tasks absent from a micro-batch receive no gradient in it: under DDP the loop must
-    wrap with ``find_unused_parameters=True`` (``self.find_unused_parameters``).
+    wrap with ``find_unused_parameters=True`` (``self.ddp_find_unused_parameters``).
     """
 
-    find_unused_parameters = True
+    ddp_find_unused_parameters = True
 
     def __init__(self, config: PrototypeConfig, tasks: Sequence[str], model: PrototypeModel | None = None):
         self.config = config
