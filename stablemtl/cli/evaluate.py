@@ -115,7 +115,10 @@ def resolve_device(device: str = "auto") -> str:
 
 
 # Model folders that are not diffusers pipelines name their type in config.json ("model_type").
-MODEL_TYPES = {"hitt": "stablemtl.models.baselines.hitt:HiTTModel"}
+MODEL_TYPES = {
+    "hitt": "stablemtl.models.baselines.hitt:HiTTModel",
+    "prototype": "stablemtl.models.baselines.prototype:PrototypeModel",
+}
 
 
 def _read_folder_json(path: str, name: str, cache_dir: str | None, revision: str | None) -> dict | None:
