@@ -55,7 +55,7 @@ def test_training_data_under_a_protocol_draws_each_image_only_for_its_kept_task(
         train_batch_size=1,
         tasks=["depth", "normal"],
     )
-    sampler, loader, sources = build_training_data(config)
+    sampler, _, sources = build_training_data(config)
     (source,) = sources
     kept = {t: set(source.rows_with_task(t)) for t in ("depth", "normal")}
     assert not kept["depth"] & kept["normal"] and len(kept["depth"] | kept["normal"]) == 8
