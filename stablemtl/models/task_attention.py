@@ -19,7 +19,9 @@ This module holds weights and the per-layer math only; ``attention_processors`` 
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -93,7 +95,8 @@ class TaskAttention(ModelMixin, ConfigMixin):
             A dict rather than a list, because a list-valued setting breaks Hub loading of the pipeline.
         layer_dims: width ``C`` of each transformer block's self-attention, in forward order (SD2: 16).
         layers: ``"all"`` blocks, or ``"dec"``, the decoder's blocks (from ``decoder_start`` on).
-        decoder_start: index of the first decoder block (SD2: 7, after 6 encoder blocks and the mid block).
+        decoder_start: index of the first decoder block (SD2: 7, after 6 encoder blocks and the mid block);
+            read only with ``layers="dec"``.
         n_heads: heads of the per-pixel attention (official: 4); must divide every width.
         query_hidden_dim, query_hidden_layers: the query MLP's hidden width and depth (official: 640, 2).
         fusion: ``"attention"``, or ``"sum"`` (ablation: summed auxiliary values, no attention).
@@ -123,7 +126,7 @@ class TaskAttention(ModelMixin, ConfigMixin):
             raise ValueError(f"layer_dims must list the positive width of each block, got {layer_dims!r}")
         if layers not in LAYER_CHOICES:
             raise ValueError(f"layers must be one of {LAYER_CHOICES}, got {layers!r}")
-        if not 0 <= decoder_start < len(layer_dims):
+        if layers == "dec" and not 0 <= decoder_start < len(layer_dims):
             raise ValueError(
                 f"decoder_start must index one of the {len(layer_dims)} blocks, got {decoder_start}"
             )
@@ -153,12 +156,24 @@ class TaskAttention(ModelMixin, ConfigMixin):
         decoder_start = next((i for i, (_, _, part) in enumerate(found) if part == "up"), len(found) - 1)
         return cls(tasks={"names": list(tasks)}, layer_dims=dims, decoder_start=decoder_start, **kwargs)
 
-    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """``ModelMixin.save_pretrained`` plus a copy of this source file, so that a pipeline folder can name
-        the component ``["task_attention", "TaskAttention"]`` in ``model_index.json`` and load from the Hub
-        (diffusers looks for ``task_attention/task_attention.py`` there)."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        shutil.copyfile(Path(__file__), Path(save_directory) / "task_attention.py")
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """``ModelMixin.save_pretrained`` (safetensors) written atomically (a temporary sibling folder moved
+        into place), plus a copy of this source file: a pipeline folder can then name the component
+        ``["task_attention", "TaskAttention"]`` in ``model_index.json`` and load from the Hub, where
+        diffusers looks for ``task_attention/task_attention.py``."""
+        target = Path(save_directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            kwargs.setdefault("safe_serialization", True)
+            super().save_pretrained(tmp, *args, **kwargs)
+            shutil.copyfile(Path(__file__), tmp / "task_attention.py")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
 
     # -- math ---------------------------------------------------------------------------------------------
     def forward(
