@@ -90,14 +90,23 @@ def per_task_loop(model: MultiStreamUNet, inputs, tasks, tokens) -> dict[str, to
     return {t: torch.cat(v) for t, v in results.items()}
 
 
-@pytest.mark.parametrize("exclude", [True, False])
-def test_batched_schedule_equals_per_task_loop(exclude):
-    model, _ = build(exclude_main_task=exclude)
+@pytest.mark.parametrize(
+    ("exclude", "layers", "fusion"),
+    [
+        (True, "all", "attention"),
+        (False, "all", "attention"),
+        (True, "dec", "attention"),
+        (True, "all", "sum"),
+    ],
+)
+def test_batched_schedule_equals_per_task_loop(exclude, layers, fusion):
+    model, _ = build(exclude_main_task=exclude, layers=layers, fusion=fusion)
     randomize(model.task_attention)
     tokens, inputs = task_tokens(), samples(batch=2)
     tasks = ["optical_flow", "depth", "normal"]
     with torch.no_grad():
         batched = model(inputs, tasks, tokens).main
+    assert sorted(model.state.aux_features) == model.task_attention.active_layers  # only what is read
     looped = per_task_loop(model, inputs, tasks, tokens)
     for task in tasks:
         torch.testing.assert_close(batched[task], looped[task], atol=1e-5, rtol=1e-5)
@@ -241,3 +250,17 @@ def test_capture_points(point):
         assert all(torch.equal(features[i], seen["out"][i]) for i in range(16))
     with pytest.raises(ValueError, match="capture point"):
         FeatureCapture("afterSelfAttn")
+
+
+def test_low_precision_auxiliary_stream_feeds_a_float32_main_stream():
+    model, _ = build()
+    randomize(model.task_attention)
+    tokens, inputs = task_tokens(), samples()
+    with torch.no_grad():
+        full = model(inputs, ["depth", "normal"], tokens).main
+        model.aux_unet.to(torch.bfloat16)
+        mixed = model(inputs, ["depth", "normal"], tokens)
+    assert mixed.main["depth"].dtype == torch.float32 and mixed.aux["semantic"].dtype == torch.bfloat16
+    # bfloat16 features (8 bits of mantissa) move the result a little, not a lot.
+    difference = (mixed.main["depth"] - full["depth"]).abs().max()
+    assert 0 < difference < 0.05 * full["depth"].abs().max()

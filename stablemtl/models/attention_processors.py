@@ -153,6 +153,9 @@ class TaskAttentionState:
     None makes the processors plain self-attention (the single-stream model). ``main_tasks`` (R names),
     ``image_index`` ``(R,)`` and ``visible`` ``(R, A)`` describe the R rows of the UNet batch. ``decisions``
     memoises the masking draws of the current call (cleared by ``set``).
+
+    The state of one call lives until the next ``set``: with gradient checkpointing, run the backward pass of
+    a main call before the next main call (the recomputed blocks read this state).
     """
 
     task_attention: TaskAttention
