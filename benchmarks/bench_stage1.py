@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from stablemtl.testing import make_tiny_sd_folder
 from stablemtl.training.components import load_pipeline
 from stablemtl.training.config import DEFAULT_BASE
-from stablemtl.training.objective import StableMTLObjective
+from stablemtl.training.objectives.single_stream import StableMTLObjective
 from stablemtl.training.step import micro_step
 
 
@@ -57,11 +57,11 @@ def _depth_group(batch: int, size: int, generator: torch.Generator) -> dict:
 
 
 def bench_training(pipe, batch: int, size: int, rounds: int, warmup: int) -> dict[str, float]:
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False)
-    pipe.vae.to(accelerator.device)
+    accelerator = Accelerator(step_scheduler_with_optimizer=False)
+    objective = StableMTLObjective(pipe)
+    objective.setup(accelerator.device, torch.float32)
     optimizer = torch.optim.Adam(pipe.unet.parameters(), lr=1e-6)
     unet, optimizer = accelerator.prepare(pipe.unet, optimizer)
-    objective = StableMTLObjective(pipe.vae, pipe.task_embeddings)
     group = _depth_group(batch, size, torch.Generator().manual_seed(0))
     prepared = objective.prepare([group])
     hidden = pipe.task_embeddings.batch(["depth"] * batch, device=accelerator.device)[0]
@@ -69,7 +69,7 @@ def bench_training(pipe, batch: int, size: int, rounds: int, warmup: int) -> dic
     scale = pipe.vae.config.scaling_factor
 
     def ours() -> None:
-        micro_step(accelerator, unet, objective, optimizer, [group], max_grad_norm=5.0)
+        micro_step(accelerator, {"unet": unet}, objective, optimizer, [group], max_grad_norm=5.0)
 
     def bare_vae_unet() -> None:
         with torch.no_grad():

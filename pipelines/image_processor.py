@@ -1,9 +1,10 @@
 """Input loading and output visualisation for the StableMTL pipelines.
 
-Extends diffusers' ``MarigoldImageProcessor`` (resizing, padding to the latent grid, depth colormaps and
-16-bit PNG export are reused as they are) with what a multi-task, frame-pair model needs: grey and RGBA
-inputs converted to RGB, channel-last numpy read correctly, errors that name the bad argument, and a
-visualiser for every task through ``Task.visualize``.
+Extends diffusers' ``MarigoldImageProcessor`` (resizing, padding to the latent grid and depth colormaps
+are reused) with what a multi-task, frame-pair model needs: grey and RGBA inputs converted to RGB,
+channel-last numpy read correctly, errors that name the bad argument, a visualiser for every task through
+``Task.visualize`` (``visualize(task, prediction)``) and a 16-bit depth PNG export that works with current
+Pillow.
 
 Conventions (as in Marigold): numpy images are channel-last ``(H, W)``, ``(H, W, C)`` or ``(N, H, W, C)``;
 torch images are channel-first ``(H, W)``, ``(C, H, W)`` or ``(N, C, H, W)``; C in {1 (grey), 2 (grey +
@@ -186,17 +187,42 @@ class StableMTLImageProcessor(MarigoldImageProcessor):
         visualizer = get_task(task)
         return [visualizer.visualize(item.cpu()) for item in prediction]
 
-    @classmethod
-    def visualize_semantic(cls, semantic: np.ndarray | torch.Tensor) -> list[Image.Image]:
-        """Semantic class ids drawn with the task palette."""
-        return cls.visualize("semantic", semantic)
+    @staticmethod
+    def export_depth_to_16bit_png(
+        depth: np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor],
+        val_min: float = 0.0,
+        val_max: float = 1.0,
+    ) -> list[Image.Image]:
+        """Depth as 16-bit grey PNG-ready images (PIL mode ``I;16``), one per item.
 
-    @classmethod
-    def visualize_optical_flow(cls, flow: np.ndarray | torch.Tensor) -> list[Image.Image]:
-        """Optical flow drawn on the standard flow colour wheel."""
-        return cls.visualize("optical_flow", flow)
-
-    @classmethod
-    def visualize_scene_flow(cls, flow: np.ndarray | torch.Tensor) -> list[Image.Image]:
-        """Scene flow drawn with the scene-flow task's visualiser."""
-        return cls.visualize("scene_flow", flow)
+        ``depth``: the pipeline's depth output, ``(N, H, W, 1)`` numpy or ``(N, 1, H, W)`` torch (or one
+        ``(H, W)`` map, or a list of them), float. ``[val_min, val_max]`` maps to ``[0, 65535]``, rounded;
+        values outside are clipped. Replaces Marigold's version, which passes ``mode="I;16"`` to
+        ``Image.fromarray`` and fails on current Pillow; the uint16 array gives that mode by itself.
+        """
+        if not val_max > val_min:
+            raise ValueError(f"val_max={val_max} must be greater than val_min={val_min}")
+        items = list(depth) if isinstance(depth, (list, tuple)) else None
+        if items is None:
+            if isinstance(depth, torch.Tensor):
+                depth = depth.detach().float().cpu().numpy()
+                depth = depth[:, 0] if depth.ndim == 4 and depth.shape[1] == 1 else depth
+            if not isinstance(depth, np.ndarray):
+                raise ValueError(f"depth must be a numpy array or a torch tensor, got {type(depth).__name__}")
+            depth = depth[..., 0] if depth.ndim == 4 and depth.shape[-1] == 1 else depth
+            items = list(depth[None] if depth.ndim == 2 else depth)
+        images = []
+        for index, item in enumerate(items):
+            if isinstance(item, torch.Tensor):
+                item = item.detach().float().cpu().numpy()
+            item = np.squeeze(np.asarray(item))
+            if item.ndim != 2 or not np.issubdtype(item.dtype, np.floating):
+                raise ValueError(
+                    f"depth[{index}] must be a float (H, W) map (or (N, H, W, 1) / (N, 1, H, W) batch), got "
+                    f"{item.dtype} {item.shape}"
+                )
+            if not np.isfinite(item).all():
+                raise ValueError(f"depth[{index}] contains NaN or inf values")
+            scaled = (item.astype(np.float64) - val_min) / (val_max - val_min)
+            images.append(Image.fromarray(np.round(np.clip(scaled, 0.0, 1.0) * 65535).astype(np.uint16)))
+        return images

@@ -16,7 +16,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,30 +24,38 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import BaseOutput, logging
-from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from stablemtl.hub import make_model_card, push_folder_to_hub
 from stablemtl.models.conv_in import widen_conv_in
-from stablemtl.models.task_tokens import TaskEmbeddings
+from stablemtl.models.latent_step import LatentStep, LatentStepSettings
+from stablemtl.models.task_tokens import TASK_EMBEDDINGS_NAME, TaskEmbeddings
+from stablemtl.pipelines.folder_io import check_save_directory, staged_save
 from stablemtl.pipelines.image_processor import RESAMPLE_METHODS, ImageInput, StableMTLImageProcessor
 from stablemtl.tasks import check_tasks, get_task, task_names
 
 logger = logging.get_logger(__name__)
 
 PIPELINE_FILE = "pipeline_stablemtl.py"
-INPUT_NOISE_MODES = ("deterministic", "random")
-SECOND_FRAME_MODES = ("duplicate", "zero")
+# processing_resolution bound: latents, activations and attention grow with its square (and more), so a typo
+# such as 65536 would try to allocate tens of GB. Up to 4x the training resolution is allowed by default.
+MAX_RESOLUTION_FACTOR = 4
+ABSOLUTE_MAX_RESOLUTION = 4096
 
 
 @dataclass
 class StableMTLOutput(BaseOutput):
-    """Predictions of ``StableMTLPipeline``, one field per built-in task (None when not requested).
+    """Predictions of ``StableMTLPipeline``: one entry per requested task, **in the requested task order**.
+
+    As in every diffusers output, positional access follows the entries: ``out[0]``, ``out.to_tuple()``
+    and the ``return_dict=False`` tuple all hold the predictions in the order of the call's ``tasks``;
+    ``out[name]`` and ``out.name`` work for every task, built-in or not (an unrequested built-in is None).
+    ``predictions`` is the ``{task: prediction}`` dict view of the same entries.
 
     With ``output_type="pt"`` each is a ``(N, C, H, W)`` tensor, with ``"np"`` an ``(N, H, W, C)`` array:
     semantic ``C=1`` int64 class ids; depth ``C=1`` affine-invariant in [0, 1]; normal ``C=3`` unit vectors;
     optical_flow ``C=2`` and scene_flow ``C=3`` per-axis normalised in [-1, 1]; albedo ``C=3`` and shading
-    ``C=1`` in [0, 1]. ``predictions`` maps every requested task (built-in or not) to its prediction.
+    ``C=1`` in [0, 1].
     """
 
     semantic: np.ndarray | torch.Tensor | None = None
@@ -58,7 +65,19 @@ class StableMTLOutput(BaseOutput):
     scene_flow: np.ndarray | torch.Tensor | None = None
     albedo: np.ndarray | torch.Tensor | None = None
     shading: np.ndarray | torch.Tensor | None = None
-    predictions: dict[str, np.ndarray | torch.Tensor] | None = None
+
+    @classmethod
+    def from_predictions(cls, predictions: Mapping[str, np.ndarray | torch.Tensor]) -> StableMTLOutput:
+        """An output whose entries are ``predictions`` in their order (custom tasks included)."""
+        output = cls()  # every field None: no entry yet
+        for task, prediction in predictions.items():
+            output[task] = prediction  # BaseOutput keeps the item and the attribute in step
+        return output
+
+    @property
+    def predictions(self) -> dict[str, np.ndarray | torch.Tensor]:
+        """``{task: prediction}`` of every requested task, in the requested order."""
+        return dict(self.items())
 
 
 class StableMTLPipeline(DiffusionPipeline):
@@ -70,7 +89,11 @@ class StableMTLPipeline(DiffusionPipeline):
         scheduler: kept for the diffusers layout (its ``prediction_type`` is ``"sample"``); the pipeline
             uses the single fixed ``timestep``.
         text_encoder, tokenizer: optional, only needed to add a task (``add_tasks``).
-        task_embeddings: the cached task tokens; loaded from the folder by ``from_pretrained``.
+        task_embeddings: the cached task tokens; loaded from the folder by ``from_pretrained``. They are a
+            component (in ``pipe.components``, so ``StableMTLPipeline(**pipe.components)`` and ``from_pipe``
+            carry them) but not a diffusers module: they are saved as ``task_embeddings.safetensors``
+            beside ``model_index.json``, which never names them (a custom component entry there would break
+            loading from the Hub).
         timestep: the fixed UNet timestep (spec: 999).
         input_noise: ``"deterministic"`` (zero target latent, the spec's default) or ``"random"`` (standard
             normal target latent drawn with ``generator``).
@@ -83,7 +106,9 @@ class StableMTLPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
-    _optional_components: ClassVar[list[str]] = ["text_encoder", "tokenizer"]
+    _optional_components: ClassVar[list[str]] = ["text_encoder", "tokenizer", "task_embeddings"]
+    # Not registered with register_modules, hence absent from the config and from model_index.json.
+    _unregistered_components: ClassVar[tuple[str, ...]] = ("task_embeddings",)
 
     def __init__(
         self,
@@ -100,12 +125,9 @@ class StableMTLPipeline(DiffusionPipeline):
         second_frame: str = "duplicate",
     ):
         super().__init__()
-        if input_noise not in INPUT_NOISE_MODES:
-            raise ValueError(f"input_noise={input_noise!r} must be one of {INPUT_NOISE_MODES}")
-        if second_frame not in SECOND_FRAME_MODES:
-            raise ValueError(f"second_frame={second_frame!r} must be one of {SECOND_FRAME_MODES}")
-        if not 0 <= timestep < scheduler.config.num_train_timesteps:
-            raise ValueError(f"timestep={timestep} must lie in [0, {scheduler.config.num_train_timesteps})")
+        LatentStepSettings(int(timestep), second_frame, input_noise).validate(
+            scheduler.config.num_train_timesteps
+        )
         self.register_modules(
             unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer
         )
@@ -119,7 +141,20 @@ class StableMTLPipeline(DiffusionPipeline):
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = StableMTLImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        if task_embeddings is not None and not isinstance(task_embeddings, TaskEmbeddings):
+            raise ValueError(
+                f"task_embeddings must be a TaskEmbeddings, got {type(task_embeddings).__name__}"
+            )
         self._task_embeddings = task_embeddings
+        self._hub_kwargs: dict[str, Any] = {}  # revision/cache_dir/token of our from_pretrained
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """diffusers' components plus ``task_embeddings`` (loaded now if still lazy), so that
+        ``StableMTLPipeline(**pipe.components)`` and ``from_pipe`` build working pipelines."""
+        names, _ = self._get_signature_keys(self)
+        registered = {n: getattr(self, n) for n in names if n not in self._unregistered_components}
+        return {**registered, "task_embeddings": self._loaded_task_embeddings()}
 
     # -- device and dtype ------------------------------------------------------------------------------------
     @property
@@ -129,6 +164,7 @@ class StableMTLPipeline(DiffusionPipeline):
         always hooks the component itself, so when no component carries a hook this returns what diffusers
         would (``self.device``: the first component not on CPU, else the first) from first parameters."""
         names, _ = self._get_signature_keys(self)
+        names = [n for n in names if n not in self._unregistered_components]
         modules = [m for m in (getattr(self, n, None) for n in names) if isinstance(m, torch.nn.Module)]
         if not modules or any(hasattr(m, "_hf_hook") or hasattr(m, "_diffusers_hook") for m in modules):
             return super()._execution_device
@@ -140,23 +176,46 @@ class StableMTLPipeline(DiffusionPipeline):
 
     # -- task tokens -----------------------------------------------------------------------------------------
     @property
-    def task_embeddings(self) -> TaskEmbeddings:
-        """The cached task tokens, read from the folder the pipeline was loaded from on first use (this is how
-        a pipeline loaded by plain ``DiffusionPipeline.from_pretrained`` finds them)."""
-        if self._task_embeddings is None:
-            source = self.name_or_path
-            if not source:
-                raise ValueError(
-                    "this pipeline has no task embeddings; build it with StableMTLPipeline.from_base, "
-                    "load it with from_pretrained, or pass task_embeddings="
-                )
-            self._task_embeddings = TaskEmbeddings.load(source)
+    def task_embeddings(self) -> TaskEmbeddings | None:
+        """The cached task tokens, read on first use from where the pipeline was loaded (this is how a
+        pipeline loaded by plain ``DiffusionPipeline.from_pretrained`` finds them). None, like any optional
+        component, for a pipeline built without them; using such a pipeline raises a ``ValueError``."""
+        return self._loaded_task_embeddings()
+
+    def _require_task_embeddings(self) -> TaskEmbeddings:
+        embeddings = self._loaded_task_embeddings()
+        if embeddings is None:
+            raise ValueError(
+                "this pipeline has no task embeddings; build it with StableMTLPipeline.from_base, "
+                "load it with from_pretrained, or pass task_embeddings="
+            )
+        return embeddings
+
+    def _loaded_task_embeddings(self) -> TaskEmbeddings | None:
+        """The task tokens, loaded lazily; None when the pipeline was neither given nor loaded with them.
+
+        Plain ``DiffusionPipeline.from_pretrained(repo, cache_dir=..., revision=..., token=...)`` never
+        calls this class's ``from_pretrained``, so those arguments are unknown here. It did resolve the
+        repo to one local snapshot, the folder the UNet was read from: the tokens are read from that
+        snapshot, or fetched into it (same cache, same commit) when diffusers did not download them.
+        """
+        if self._task_embeddings is not None or not self.name_or_path:
+            return self._task_embeddings
+        snapshot = _component_folder(self.unet)
+        if snapshot is not None and (snapshot / TASK_EMBEDDINGS_NAME).is_file():
+            self._task_embeddings = TaskEmbeddings.load(snapshot)
+        elif snapshot is not None and _is_hub_snapshot(snapshot) and not Path(self.name_or_path).is_dir():
+            # <cache_dir>/models--owner--name/snapshots/<commit>: ask for that commit in that cache.
+            hub_kwargs = {"cache_dir": snapshot.parents[2], "revision": snapshot.name, **self._hub_kwargs}
+            self._task_embeddings = TaskEmbeddings.load(self.name_or_path, **hub_kwargs)
+        else:
+            self._task_embeddings = TaskEmbeddings.load(self.name_or_path, **self._hub_kwargs)
         return self._task_embeddings
 
     @property
     def tasks(self) -> list[str]:
         """Names of the tasks this pipeline has task tokens for, in order."""
-        return self.task_embeddings.names
+        return self._require_task_embeddings().names
 
     def add_tasks(self, tasks: str | Sequence[str], prompts: Mapping[str, str] | None = None) -> None:
         """Compute and cache the task tokens of registered ``tasks`` (prompts default to ``Task.prompt``).
@@ -174,7 +233,7 @@ class StableMTLPipeline(DiffusionPipeline):
         if self._task_embeddings is None and not self.name_or_path:
             self._task_embeddings = TaskEmbeddings.compute(self.text_encoder, self.tokenizer, prompts)
         else:
-            self.task_embeddings.add(self.text_encoder, self.tokenizer, prompts)
+            self._require_task_embeddings().add(self.text_encoder, self.tokenizer, prompts)
 
     def set_training_info(self, **info: Any) -> None:
         """Record training facts for the model card, merged into ``config.training_info`` (``base_model``,
@@ -194,9 +253,11 @@ class StableMTLPipeline(DiffusionPipeline):
         resample_method_output: str,
         batch_size: int,
         output_type: str,
-        generator: torch.Generator | None,
+        generator: torch.Generator | list[torch.Generator] | None,
+        max_processing_resolution: int | None = None,
     ) -> int:
         """Validate every argument (``ValueError`` naming it); return the number of input images."""
+        embeddings = self._require_task_embeddings()
         in_channels = self.unet.config.in_channels
         latent_channels = self.vae.config.latent_channels
         if in_channels != 3 * latent_channels:
@@ -204,12 +265,12 @@ class StableMTLPipeline(DiffusionPipeline):
                 f"unet takes {in_channels} input channels; StableMTL needs {3 * latent_channels} "
                 "([z_t, z_t+1, target]): widen it with stablemtl.models.conv_in.widen_conv_in"
             )
-        if self.unet.config.cross_attention_dim != self.task_embeddings.dim:
+        if self.unet.config.cross_attention_dim != embeddings.dim:
             raise ValueError(
-                f"task embeddings have width {self.task_embeddings.dim}, the unet expects "
+                f"task embeddings have width {embeddings.dim}, the unet expects "
                 f"{self.unet.config.cross_attention_dim}"
             )
-        missing = [t for t in tasks if t not in self.task_embeddings]
+        missing = [t for t in tasks if t not in embeddings]
         if missing:
             raise ValueError(
                 f"tasks {missing} have no task token in this model (it knows: {', '.join(self.tasks)}); "
@@ -221,6 +282,14 @@ class StableMTLPipeline(DiffusionPipeline):
             )
         if processing_resolution % self.vae_scale_factor:
             raise ValueError(f"processing_resolution must be a multiple of {self.vae_scale_factor}")
+        limit = self.max_processing_resolution(max_processing_resolution)
+        if processing_resolution > limit:
+            raise ValueError(
+                f"processing_resolution={processing_resolution} exceeds the limit of {limit} px (memory "
+                f"grows with its square; the limit is {MAX_RESOLUTION_FACTOR}x the training resolution, or "
+                f"{ABSOLUTE_MAX_RESOLUTION} for a model without one): pass max_processing_resolution= to "
+                "allow more"
+            )
         for name, method in (
             ("resample_method_input", resample_method_input),
             ("resample_method_output", resample_method_output),
@@ -231,9 +300,15 @@ class StableMTLPipeline(DiffusionPipeline):
             raise ValueError(f"batch_size={batch_size!r} must be a positive int")
         if output_type not in ("np", "pt"):
             raise ValueError(f"output_type={output_type!r} must be 'np' or 'pt'")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError("generator must be a single torch.Generator")
         count, size = self.image_processor.describe(image, "image")
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != count or not all(isinstance(g, torch.Generator) for g in generator):
+                raise ValueError(
+                    f"generator must be a torch.Generator or a list of {count} torch.Generators (one per "
+                    f"image), got a list of {len(generator)} items"
+                )
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError("generator must be a torch.Generator or a list of them (one per image)")
         if next_image is not None:
             next_count, next_size = self.image_processor.describe(next_image, "next_image")
             if (next_count, next_size) != (count, size):
@@ -242,6 +317,17 @@ class StableMTLPipeline(DiffusionPipeline):
                     f"({count} image(s) of size {size})"
                 )
         return count
+
+    def max_processing_resolution(self, override: int | None = None) -> int:
+        """The largest ``processing_resolution`` a call accepts: ``override`` when given, else
+        ``MAX_RESOLUTION_FACTOR`` times the training resolution (``default_processing_resolution``), else
+        ``ABSOLUTE_MAX_RESOLUTION`` for a model that records none."""
+        if override is not None:
+            if not isinstance(override, int) or override < 1:
+                raise ValueError(f"max_processing_resolution={override!r} must be a positive int")
+            return override
+        trained = self.config.default_processing_resolution
+        return MAX_RESOLUTION_FACTOR * trained if trained > 0 else ABSOLUTE_MAX_RESOLUTION
 
     # -- inference ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -256,8 +342,9 @@ class StableMTLPipeline(DiffusionPipeline):
         resample_method_output: str = "bilinear",
         batch_size: int = 1,
         output_type: str = "np",
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
+        max_processing_resolution: int | None = None,
     ) -> StableMTLOutput | tuple:
         """Predict ``tasks`` for each image (and its next frame, for flow tasks).
 
@@ -275,18 +362,26 @@ class StableMTLPipeline(DiffusionPipeline):
                 use nearest).
             batch_size: images per UNet call; each call holds ``batch_size * len(tasks)`` samples.
             output_type: ``"np"`` (``(N, H, W, C)`` arrays) or ``"pt"`` (``(N, C, H, W)`` tensors).
-            generator: only used with ``input_noise="random"``.
-            return_dict: return a ``StableMTLOutput`` (else a tuple of predictions in ``tasks`` order).
+            generator: only used with ``input_noise="random"``: one ``torch.Generator`` for the whole call,
+                or a list with one per image (image ``i`` then gets the same noise as a call on it alone with
+                ``generator[i]``, whatever the batching).
+            return_dict: return a ``StableMTLOutput`` (else a tuple of predictions in ``tasks`` order; both
+                index alike: ``out[0]`` is the first requested task).
+            max_processing_resolution: the largest ``processing_resolution`` accepted; default
+                ``4 * default_processing_resolution`` (the training resolution), or 4096 when the model
+                records none. Raise it to process larger on purpose.
         """
         # 0. Resolve defaults.
         tasks = check_tasks(self.tasks if tasks is None else tasks)
         if processing_resolution is None:
             processing_resolution = self.config.default_processing_resolution
+        if isinstance(generator, tuple):
+            generator = list(generator)
 
         # 1. Check inputs.
         num_images = self.check_inputs(
             image, next_image, tasks, processing_resolution, resample_method_input, resample_method_output,
-            batch_size, output_type, generator,
+            batch_size, output_type, generator, max_processing_resolution,
         )  # fmt: skip
         pair_tasks = [get_task(t).needs_pair for t in tasks]
         if any(pair_tasks) and next_image is None:
@@ -316,22 +411,23 @@ class StableMTLPipeline(DiffusionPipeline):
             )  # [N,3,PPH,PPW]
 
         # 3. Task conditioning, shared by every batch: [T,L,D] and a [T,L] mask when prompt lengths differ.
-        condition, condition_mask = self.task_embeddings.batch(tasks, device=device, dtype=dtype)
+        condition, condition_mask = self._require_task_embeddings().batch(tasks, device=device, dtype=dtype)
         pair_mask = torch.tensor(pair_tasks, device=device)  # [T]
 
         # 4. Predict batch by batch: one VAE encode of all frames, one UNet call for all tasks, one decode.
-        decoded = []
+        step, decoded = self.latent_step, []
         for start in self.progress_bar(range(0, num_images, batch_size)):
             batch = frames[start : start + batch_size]  # [B,3,PPH,PPW]
             count = batch.shape[0]
             if next_frames is not None:
                 batch = torch.cat([batch, next_frames[start : start + batch_size]])  # [2B,3,PPH,PPW]
-            latents = self.encode_images(batch, vae_dtype).to(dtype)  # [B or 2B,4,h,w]
+            latents = step.encode(batch, vae_dtype).to(dtype)  # [B or 2B,4,h,w]
             first, second = latents[:count], latents[count:] if next_frames is not None else latents
+            batch_generator = generator[start : start + count] if isinstance(generator, list) else generator
             x0 = self.predict_latents(
-                first, second, condition, condition_mask, pair_mask, generator
+                first, second, condition, condition_mask, pair_mask, batch_generator
             )  # [B*T,4,h,w]
-            image3 = self.decode_latents(x0, vae_dtype)  # [B*T,3,PPH,PPW] float32
+            image3 = step.decode(x0)  # [B*T,3,PPH,PPW] float32
             decoded.append(image3.unflatten(0, (count, len(tasks))))  # [B,T,3,PPH,PPW]
         image3 = torch.cat(decoded)  # [N,T,3,PPH,PPW]
 
@@ -349,8 +445,7 @@ class StableMTLPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         if not return_dict:
             return tuple(predictions[t] for t in tasks)
-        fields = {t: p for t, p in predictions.items() if t in StableMTLOutput.__dataclass_fields__}
-        return StableMTLOutput(**fields, predictions=predictions)
+        return StableMTLOutput.from_predictions(predictions)
 
     def predict(
         self, images: torch.Tensor, next_images: torch.Tensor | None, tasks: Sequence[str]
@@ -365,13 +460,13 @@ class StableMTLPipeline(DiffusionPipeline):
         return output.predictions
 
     # -- steps ----------------------------------------------------------------------------------------------
-    def encode_images(self, images: torch.Tensor, vae_dtype: torch.dtype | None = None) -> torch.Tensor:
-        """``(N, 3, H, W)`` in [-1, 1] -> scaled posterior-mean latents ``(N, 4, H/8, W/8)`` (spec §1.1).
-
-        ``vae_dtype``: the VAE's dtype when the caller knows it (saves a walk over the VAE's modules)."""
-        vae_dtype = self.vae.dtype if vae_dtype is None else vae_dtype
-        posterior = self.vae.encode(images.to(vae_dtype)).latent_dist
-        return posterior.mode() * self.vae.config.scaling_factor
+    @property
+    def latent_step(self) -> LatentStep:
+        """The shared latent step (VAE encode/decode, UNet input, timestep) with this pipeline's settings."""
+        settings = LatentStepSettings(
+            self.config.timestep, self.config.second_frame, self.config.input_noise
+        )
+        return LatentStep(self.vae, settings)
 
     def predict_latents(
         self,
@@ -380,45 +475,25 @@ class StableMTLPipeline(DiffusionPipeline):
         condition: torch.Tensor,
         condition_mask: torch.Tensor | None,
         pair_mask: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """One UNet call for every (image, task): ``[B,4,h,w]`` latents of both frames, ``[T,L,D]`` task
         tokens -> x0 latents ``[B*T,4,h,w]`` ordered image-major (all tasks of image 0, then image 1, ...).
         Tasks with ``pair_mask`` False get ``config.second_frame``: the first frame again or zeros."""
         count, tasks = first.shape[0], condition.shape[0]
-        z1 = first.repeat_interleave(tasks, dim=0)  # [B*T,4,h,w]
-        fallback = z1 if self.config.second_frame == "duplicate" else torch.zeros_like(z1)
-        pairs = pair_mask.repeat(count)[:, None, None, None]
-        z2 = torch.where(pairs, second.repeat_interleave(tasks, 0), fallback)
-        if self.config.input_noise == "random":
-            target = randn_tensor(z1.shape, generator=generator, device=z1.device, dtype=z1.dtype)
-        else:
-            target = torch.zeros_like(z1)  # [B*T,4,h,w]
-        sample = torch.cat([z1, z2, target], dim=1)  # [B*T,12,h,w]
+        if isinstance(generator, list):
+            # One generator per image (Marigold's convention): image i's T targets come from generator[i].
+            generator = [g for g in generator for _ in range(tasks)]
+        step = self.latent_step
+        sample = step.unet_input(
+            first.repeat_interleave(tasks, dim=0),  # [B*T,4,h,w]
+            second.repeat_interleave(tasks, dim=0),
+            has_pair=pair_mask.repeat(count),
+            generator=generator,
+        )  # [B*T,12,h,w]
         hidden = condition.repeat(count, 1, 1)  # [B*T,L,D]
         mask = None if condition_mask is None else condition_mask.repeat(count, 1)  # [B*T,L]
-        timestep = torch.full(
-            (sample.shape[0],), self.config.timestep, device=sample.device, dtype=torch.long
-        )
-        return self.unet(
-            sample, timestep, encoder_hidden_states=hidden, encoder_attention_mask=mask, return_dict=False
-        )[0]
-
-    def decode_latents(self, latents: torch.Tensor, vae_dtype: torch.dtype | None = None) -> torch.Tensor:
-        """x0 latents ``[N,4,h,w]`` -> images ``[N,3,8h,8w]`` float32, about [-1, 1].
-
-        A float16 VAE marked ``force_upcast`` decodes in float32 (SD's VAE overflows in half precision).
-        ``vae_dtype``: the VAE's dtype when the caller knows it (saves a walk over the VAE's modules)."""
-        vae_dtype = self.vae.dtype if vae_dtype is None else vae_dtype
-        upcast = vae_dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
-        if upcast:
-            self.vae.to(torch.float32)
-        try:
-            scaled = latents.to(torch.float32 if upcast else vae_dtype) / self.vae.config.scaling_factor
-            return self.vae.decode(scaled, return_dict=False)[0].float()
-        finally:
-            if upcast:
-                self.vae.to(vae_dtype)
+        return step.predict(self.unet, sample, hidden, mask)
 
     def decode_prediction(
         self, task: str, image3: torch.Tensor, size: tuple[int, int] | None, resample_method: str
@@ -428,8 +503,7 @@ class StableMTLPipeline(DiffusionPipeline):
         decoder = get_task(task)
         if size is None or tuple(image3.shape[-2:]) == tuple(size):
             return decoder.decode(image3)
-        # Decode each image once: a one-pixel probe tells float outputs from class ids.
-        if decoder.decode(image3[:1, :, :1, :1]).is_floating_point():
+        if not decoder.is_discrete:
             resized = self.image_processor.resize_antialias(image3, size, resample_method, is_aa=False)
             return decoder.decode(resized)
         prediction = decoder.decode(image3)
@@ -491,8 +565,8 @@ class StableMTLPipeline(DiffusionPipeline):
             k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs
         }
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        if pipe._task_embeddings is None:
-            pipe._task_embeddings = TaskEmbeddings.load(pretrained_model_name_or_path, **hub_kwargs)
+        pipe._hub_kwargs = hub_kwargs
+        pipe._loaded_task_embeddings()  # now, so that a missing file fails at load time
         return pipe
 
     def save_pretrained(
@@ -503,21 +577,31 @@ class StableMTLPipeline(DiffusionPipeline):
         push_to_hub: bool = False,
         **kwargs: Any,
     ) -> None:
-        """Write the pipeline folder atomically: diffusers components (safetensors), ``model_index.json``, the
-        task tokens, this pipeline's source file (for ``custom_pipeline``) and a model card (README.md).
-        With ``push_to_hub``, upload it to ``repo_id`` (default: the folder name)."""
+        """Write the pipeline into ``save_directory``: diffusers components (safetensors),
+        ``model_index.json``, the task tokens, this pipeline's source file (for ``custom_pipeline``) and a
+        model card (README.md). With ``push_to_hub``, upload it to ``repo_id`` (default: the folder name).
+
+        As diffusers does, this writes into the folder: other files in it (checkpoints, notes) are kept. Each
+        file is replaced atomically and ``model_index.json`` comes last, so an interrupted save never looks
+        complete (see ``folder_io``). ``safe_serialization=False`` is accepted for compatibility with
+        diffusers code but ignored with a warning: stablemtl writes safetensors only (pickles run code on
+        load). ``ValueError`` when ``save_directory`` is an existing file (checked before any write)."""
         if not safe_serialization:
-            raise ValueError("safe_serialization=False is not supported: stablemtl writes safetensors only")
-        save_directory = Path(save_directory)
+            logger.warning(
+                "safe_serialization=False ignored: stablemtl writes safetensors only (pickled weights can "
+                "run code when loaded)"
+            )
+        save_directory = check_save_directory(save_directory)
         hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "token", "private", "commit_message", "create_pr")
                       if k in kwargs}  # fmt: skip
-        with _atomic_directory(save_directory) as tmp:
+        embeddings = self._require_task_embeddings()
+        with staged_save(save_directory) as tmp:
             super().save_pretrained(tmp, safe_serialization=True, variant=variant, **kwargs)
-            self.task_embeddings.save(tmp)
+            embeddings.save(tmp)
             shutil.copyfile(Path(__file__), tmp / PIPELINE_FILE)
             card = make_model_card(
                 self.tasks,
-                self.task_embeddings.prompts,
+                embeddings.prompts,
                 self.config.training_info,
                 repo_id=hub_kwargs.get("repo_id"),
                 pipeline_class=type(self).__name__,
@@ -544,6 +628,21 @@ class StableMTLPipeline(DiffusionPipeline):
             return push_folder_to_hub(folder, repo_id, token, private, commit_message, create_pr)
 
 
+def _component_folder(model: torch.nn.Module) -> Path | None:
+    """The pipeline folder a component was loaded from (diffusers records ``<folder>/<component>`` as the
+    model's ``_name_or_path``), None for a component built in memory."""
+    source = getattr(getattr(model, "config", None), "_name_or_path", None)
+    if not source or not Path(str(source)).is_dir():
+        return None
+    folder = Path(str(source)).absolute().parent
+    return folder if (folder / "model_index.json").is_file() else None
+
+
+def _is_hub_snapshot(folder: Path) -> bool:
+    """Whether ``folder`` is ``<cache_dir>/models--owner--name/snapshots/<commit>`` of huggingface_hub."""
+    return folder.parent.name == "snapshots" and folder.parents[1].name.startswith("models--")
+
+
 def _input_dtype(model: torch.nn.Module, first_layer: str) -> torch.dtype:
     """The dtype ``model``'s inputs must have: that of its first layer (the compute dtype of a
     layerwise-casting hook on it, else its weight's). Equals ``model.dtype``, which costs a walk over every
@@ -558,26 +657,3 @@ def _input_dtype(model: torch.nn.Module, first_layer: str) -> torch.dtype:
     registry = getattr(layer, "_diffusers_hook", None)
     hook = registry.get_hook("layerwise_casting") if registry is not None else None
     return hook.compute_dtype if hook is not None else weight.dtype
-
-
-@contextmanager
-def _atomic_directory(target: Path):
-    """Yield a temporary sibling of ``target``; on success it replaces ``target`` (never half-written)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    old = target.parent / f".{target.name}.old"
-    if old.exists():  # left by an interrupted save: keep whichever copy is the complete one
-        if target.exists():
-            shutil.rmtree(old)
-        else:
-            os.replace(old, target)
-    try:
-        yield tmp
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        if old.exists() and target.exists():  # never delete the only complete copy
-            shutil.rmtree(old)

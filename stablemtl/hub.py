@@ -2,28 +2,24 @@
 
 A card says what a user must know before trusting the weights: the tasks and their output spaces (depth is
 affine-invariant, flows are per-axis normalised), the base model and its licence, how it was trained, the
-metrics when known, and a snippet that loads it.
+metrics when known (``stablemtl-eval --write_model_card`` adds them to an evaluated folder), a snippet that
+loads it, and the paper to cite.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
 
-# What each built-in task's prediction means (the Predictor contract); new tasks fall back to their name.
-OUTPUT_SPACES = {
-    "semantic": "class ids (B,1,H,W) int64: 0 road, 1 building, 2 pole, 3 traffic light, 4 traffic sign, "
-    "5 vegetation, 6 sky, 7 vehicle",
-    "depth": "affine-invariant depth (B,1,H,W) in [0,1], 0 = near; align scale and shift before metric use",
-    "normal": "unit camera-space normals (B,3,H,W); +x image-left, +y up, +z towards the camera",
-    "optical_flow": "optical flow (B,2,H,W) per-axis normalised to [-1,1] (u right, v down); needs a pair",
-    "scene_flow": "scene flow (B,3,H,W) per-axis normalised to [-1,1] (OpenCV camera axes); needs a pair",
-    "albedo": "linear albedo (B,3,H,W) in [0,1]",
-    "shading": "grey shading (B,1,H,W) in [0,1]",
-}
+from stablemtl.models.task_tokens import TASK_EMBEDDINGS_NAME, TaskEmbeddings
+from stablemtl.tasks import get_task
+
 # Licences of the usual bases; the weights derived from a base inherit its licence.
 BASE_LICENSES = {
     "stabilityai/stable-diffusion-2": "openrail++",
@@ -32,6 +28,56 @@ BASE_LICENSES = {
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "creativeml-openrail-m",
 }
 CODE_LICENSE = "Apache-2.0"
+PAPER_ARXIV_ID = "2506.08013"
+CITATION = """@article{cao2025stablemtl,
+  title   = {StableMTL: Repurposing Latent Diffusion Models for Multi-Task Learning from Partially
+             Annotated Synthetic Datasets},
+  author  = {Cao, Anh-Quan and Lopes, Ivan and de Charette, Raoul},
+  journal = {arXiv preprint arXiv:2506.08013},
+  year    = {2025}
+}"""
+# Training facts shown first and how they are named; other recorded keys follow with their own names.
+TRAINING_LABELS = {
+    "base_model": "base model",
+    "tasks": "tasks",
+    "train_data": "training data",
+    "datasets": "training data",
+    "max_train_steps": "max train steps",
+    "effective_batch_size": "effective batch size",
+    "train_batch_size": "batch size per device",
+    "resolution": "resolution",
+    "learning_rate": "learning rate",
+    "lr_scheduler": "learning-rate schedule",
+    "mixed_precision": "precision",
+    "seed": "seed",
+}
+
+
+def _format_value(value: Any) -> str:
+    """A recorded training value as Markdown text (no Python reprs): lists comma-joined, a one-key mapping
+    such as ``{"names": [...]}`` by its value, other mappings as ``key: value`` pairs."""
+    if isinstance(value, Mapping):
+        if len(value) == 1:
+            return _format_value(next(iter(value.values())))
+        return "; ".join(f"{key} ({_format_value(item)})" for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_format_value(item) for item in value) or "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return f"`{value}`" if isinstance(value, str) and ("/" in value or os.sep in value) else str(value)
+
+
+def _format_training(info: Mapping[str, Any]) -> list[str]:
+    """The card's training lines: known facts in ``TRAINING_LABELS`` order, then the rest."""
+    shown = [k for k in TRAINING_LABELS if k in info] + [k for k in info if k not in TRAINING_LABELS]
+    skipped = ("metrics", "evaluation")
+    return [
+        f"- {TRAINING_LABELS.get(key, key.replace('_', ' '))}: {_format_value(info[key])}"
+        for key in shown
+        if key not in skipped and info[key] is not None
+    ]
 
 
 def _format_metrics(metrics: Mapping[str, Any]) -> str:
@@ -64,7 +110,9 @@ def make_model_card(
         prompts: ``{task: conditioning prompt}``; defaults to the task names.
         training_info: what the training script recorded, any of ``base_model``, ``datasets`` (a mapping
             ``{source: [tasks]}`` or a list), ``max_train_steps``, ``train_batch_size``, ``resolution``,
-            ``learning_rate``, ``mixed_precision``, ``seed``, ``metrics`` (``{task: {metric: value}}``).
+            ``learning_rate``, ``lr_scheduler``, ``mixed_precision``, ``seed``, ``metrics``
+            (``{task: {metric: value}}``) and ``evaluation`` (``{"data": [names]}``, where the metrics come
+            from).
         repo_id: Hub id used in the usage snippet (a local path placeholder otherwise).
         pipeline_class: the pipeline class the snippet loads.
         license: licence of the weights; by default the base model's when known, else "other".
@@ -78,17 +126,18 @@ def make_model_card(
         license=license,
         library_name="diffusers",
         pipeline_tag="image-to-image",
-        tags=["stablemtl", "multi-task", "dense-prediction", *tasks],
+        tags=["stablemtl", "multi-task", "dense-prediction", f"arxiv:{PAPER_ARXIV_ID}", *tasks],
         base_model=str(base) if base and "/" in str(base) and not os.path.exists(str(base)) else None,
     )
     task_lines = "\n".join(
-        f'- `{t}` (prompt "{prompts.get(t, t.replace("_", " "))}"): {OUTPUT_SPACES.get(t, "see its Task")}'
-        for t in tasks
+        f'- `{t}` (prompt "{prompts.get(t, get_task(t).prompt)}"): {get_task(t).output_space}' for t in tasks
     )
-    training = [
-        f"- {key.replace('_', ' ')}: {value}" for key, value in info.items() if key not in ("metrics",)
-    ]
+    training = _format_training(info)
     metrics = info.get("metrics")
+    evaluated_on = (info.get("evaluation") or {}).get("data")
+    metrics_text = _format_metrics(metrics) if metrics else "Not evaluated yet."
+    if metrics and evaluated_on:
+        metrics_text = f"Measured by `stablemtl-eval` on {_format_value(evaluated_on)}.\n\n{metrics_text}"
     source = repo_id or "path/to/this/folder"
     if license == "other":
         weights_licence = f"the licence of the base model{f' `{base}`' if base else ''} applies"
@@ -101,7 +150,7 @@ def make_model_card(
 {data.to_yaml()}
 ---
 
-# StableMTL: one diffusion UNet, {len(tasks)} dense-prediction tasks
+# StableMTL: one diffusion UNet, {len(tasks)} dense-prediction task{"s" if len(tasks) != 1 else ""}
 
 A Stable Diffusion UNet turned into a multi-task dense predictor with
 [stablemtl](https://pypi.org/project/stablemtl/): one deterministic step (fixed timestep, zero target
@@ -132,10 +181,16 @@ provides the modules that file imports):
 {chr(10).join(training) if training else "- not recorded"}
 
 ## Metrics
-{_format_metrics(metrics) if metrics else "Not evaluated yet."}
+{metrics_text}
 
 ## Licence
 Weights: {weights_licence}. Code: {CODE_LICENSE}.
+
+## Citation
+The method is StableMTL ([arXiv:{PAPER_ARXIV_ID}](https://arxiv.org/abs/{PAPER_ARXIV_ID})):
+```bibtex
+{CITATION}
+```
 """
     return ModelCard(content)
 
@@ -147,8 +202,9 @@ def push_folder_to_hub(
     private: bool | None = None,
     commit_message: str | None = None,
     create_pr: bool = False,
+    ignore_patterns: list[str] | None = None,
 ) -> str:
-    """Create ``repo_id`` if needed and upload ``folder``; return the commit URL."""
+    """Create ``repo_id`` if needed, upload ``folder`` less ``ignore_patterns``; return the commit URL."""
     repo_id = create_repo(repo_id, exist_ok=True, private=private, token=token).repo_id
     info = upload_folder(
         repo_id=repo_id,
@@ -156,5 +212,54 @@ def push_folder_to_hub(
         token=token,
         commit_message=commit_message or "Upload stablemtl pipeline",
         create_pr=create_pr,
+        ignore_patterns=ignore_patterns,
     )
     return str(info)
+
+
+def write_metrics_to_model_card(
+    folder: str | os.PathLike,
+    metrics: Mapping[str, Mapping[str, Any]],
+    evaluated_on: Sequence[str] | None = None,
+) -> Path:
+    """Record ``metrics`` (``{task: {metric: value}}``) in a saved pipeline folder and rewrite its card.
+
+    The metrics go into ``model_index.json``'s ``training_info`` (so a later ``save_pretrained`` of the
+    loaded pipeline keeps them) together with ``evaluation: {"data": evaluated_on}``; ``README.md`` is
+    regenerated from it. Weights are not touched; both files are replaced atomically. Returns the card path.
+    """
+    folder = Path(folder)
+    index_path = folder / "model_index.json"
+    if not index_path.is_file() or not (folder / TASK_EMBEDDINGS_NAME).is_file():
+        raise ValueError(f"{folder} is not a saved stablemtl pipeline folder (model_index.json, task tokens)")
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{index_path} is not valid JSON: {err}") from err
+    info = dict(index.get("training_info") or {})
+    info["metrics"] = {task: dict(values) for task, values in metrics.items()}
+    if evaluated_on:
+        info["evaluation"] = {"data": list(evaluated_on)}
+    index["training_info"] = info
+    embeddings = TaskEmbeddings.load(folder)
+    class_name = index.get("_class_name")
+    card = make_model_card(
+        embeddings.names,
+        embeddings.prompts,
+        info,
+        pipeline_class=class_name if isinstance(class_name, str) else "StableMTLPipeline",
+    )
+    _write_atomic(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+    _write_atomic(folder / "README.md", str(card))
+    return folder / "README.md"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

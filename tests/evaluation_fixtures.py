@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from stablemtl.evaluation.trivial import ConstantPredictor  # noqa: F401  (the constant baseline)
+from stablemtl.tasks import get_task
+
 ALL_TASKS = ("albedo", "shading", "depth", "normal", "semantic", "optical_flow", "scene_flow")
 
 
@@ -74,29 +77,8 @@ class OraclePredictor:
                 if task in sample["labels"]:
                     preds.append(to_prediction_space(task, sample["labels"][task], sample["valid"][task]))
                 else:
-                    channels = {"normal": 3, "albedo": 3, "scene_flow": 3, "optical_flow": 2}.get(task, 1)
-                    dtype = torch.long if task == "semantic" else torch.float32
-                    preds.append(torch.zeros(channels, *image.shape[-2:], dtype=dtype))
+                    facts = get_task(task)
+                    shape = (facts.prediction_channels, *image.shape[-2:])
+                    preds.append(torch.zeros(shape, dtype=facts.prediction_dtype))
             out[task] = torch.stack(preds)
         return out
-
-
-class ConstantPredictor:
-    """Predicts one constant per task: depth 0.5, normal +z, class 0, zero flows, grey albedo/shading."""
-
-    def __init__(self, tasks=None) -> None:
-        if tasks is not None:
-            self.tasks = list(tasks)
-
-    def predict(self, images, next_images, tasks):
-        b, _, h, w = images.shape
-        constants = {
-            "depth": torch.full((b, 1, h, w), 0.5),
-            "normal": torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(b, 3, h, w),
-            "semantic": torch.zeros(b, 1, h, w, dtype=torch.long),
-            "optical_flow": torch.zeros(b, 2, h, w),
-            "scene_flow": torch.zeros(b, 3, h, w),
-            "albedo": torch.full((b, 3, h, w), 0.5),
-            "shading": torch.full((b, 1, h, w), 0.5),
-        }
-        return {t: constants[t] for t in tasks}

@@ -42,6 +42,15 @@ def test_round_trip_matches_the_renderer(tmp_path):
     assert raw[0]["tasks"] == ds.tasks and raw["index"] == [0, 1, 2]
 
 
+def test_label_columns_follow_the_task_label_dtype_and_ids_never_wrap():
+    features = features_for(("semantic", "depth"), 4, 4)
+    assert features["label_semantic"].dtype == "uint8" and features["label_depth"].dtype == "float32"
+    sample = render_sample("street", seed=1, size=16, split="test", index=0)
+    sample["labels"]["semantic"] = torch.full((1, 16, 16), 256)
+    with pytest.raises(ValueError, match=r"task .semantic. holds ids 256\.\.256, outside the 0\.\.255"):
+        sample_to_row(sample, 0, ("semantic",))
+
+
 def test_train_split_labels_only_its_tasks_and_single_frame(tmp_path):
     ds = load_source(make_dataset("indoor", 2, tmp_path / "indoor", size=16, split="train"))
     s = ds[1]

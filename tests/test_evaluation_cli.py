@@ -12,7 +12,7 @@ def fake_io(monkeypatch):
     samples = [make_sample(i, ("depth", "semantic")) for i in range(3)]
     loaded = {}
 
-    def load_predictor(path, device="cpu"):
+    def load_predictor(path, device="auto", dtype="fp32", cache_dir=None, revision=None):
         loaded[path] = device
         return OraclePredictor(samples) if "oracle" in path else ConstantPredictor(tasks=["depth"])
 
@@ -79,8 +79,68 @@ def test_cli_loads_a_saved_pipeline_and_scores_only_its_tasks(tmp_path, monkeypa
     samples = [make_sample(i, ("depth", "optical_flow", "normal"), size=(32, 48)) for i in range(3)]
     monkeypatch.setattr(cli, "load_samples", lambda paths, limit=None: samples)
     argv = ["--model", str(tmp_path / "s1"), "--data", "d", "--out", str(tmp_path / "out"), "--no_progress"]
-    assert cli.main([*argv, "--num_grids", "1"]) == 0
+    assert "Not evaluated yet." in (tmp_path / "s1" / "README.md").read_text()
+    assert cli.main([*argv, "--num_grids", "1", "--write_model_card"]) == 0
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())["models"][0]
     assert report["name"] == "s1"
     assert {t: e["num_images"] for t, e in report["tasks"].items()} == {"depth": 3, "optical_flow": 3}
-    assert 0.0 < report["tasks"]["depth"]["metrics"]["abs_rel"] < 10.0
+    abs_rel = report["tasks"]["depth"]["metrics"]["abs_rel"]
+    assert 0.0 < abs_rel < 10.0
+    # --write_model_card: the measured metrics reach the folder's card and its saved training_info.
+    card = (tmp_path / "s1" / "README.md").read_text()
+    assert f"| depth | abs_rel | {abs_rel:.4g} |" in card and "Not evaluated yet." not in card
+    assert "Measured by `stablemtl-eval` on d." in card
+    reloaded = StableMTLPipeline.from_pretrained(tmp_path / "s1")
+    assert reloaded.config.training_info["metrics"]["depth"]["abs_rel"] == abs_rel
+    reloaded.save_pretrained(tmp_path / "s1")  # a later save keeps them
+    assert f"| depth | abs_rel | {abs_rel:.4g} |" in (tmp_path / "s1" / "README.md").read_text()
+    with pytest.raises(SystemExit, match="local folders only"):
+        cli.main(["--model", "someone/s1", "--data", "d", "--out", str(tmp_path / "o"), "--write_model_card"])
+
+
+def test_load_predictor_takes_hub_ids_from_the_cache_with_dtype_and_device(tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+
+    from stablemtl import StableMTLPipeline
+    from stablemtl.testing import make_tiny_sd_folder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = StableMTLPipeline.from_base(make_tiny_sd_folder(tmp_path / "sd"), tasks=["depth"])
+    pipe.save_pretrained(tmp_path / "saved")
+    repo, commit = tmp_path / "hub" / "models--someone--s1", "c" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(tmp_path / "saved", repo / "snapshots" / commit)
+
+    loaded = cli.load_predictor("someone/s1", dtype="bf16", cache_dir=str(tmp_path / "hub"))
+    assert loaded.tasks == ["depth"] and loaded.unet.dtype == torch.bfloat16
+    assert loaded.device.type == cli.resolve_device("auto")
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert cli.resolve_device("auto") == expected and cli.resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="neither a local pipeline folder nor a loadable Hub id"):
+        cli.load_predictor("someone/missing", cache_dir=str(tmp_path / "hub"))
+    with pytest.raises(ValueError, match="--dtype"):
+        cli.load_predictor("someone/s1", dtype="fp8", cache_dir=str(tmp_path / "hub"))
+
+
+@pytest.mark.parametrize(
+    ("class_name", "message"),
+    [
+        (["pipeline_stablemtl", "StableMTLPipeline"], "class name string"),
+        ("StableDiffusionPipeline", "not a"),
+    ],
+)
+def test_load_predictor_names_a_bad_class_in_model_index(tmp_path, class_name, message):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
+    with pytest.raises(ValueError, match=message):
+        cli.load_predictor(str(tmp_path))
+
+
+def test_stablemtl_pipelines_exports_its_classes():
+    import stablemtl.pipelines as pipelines
+    from stablemtl.pipelines.pipeline_stablemtl import StableMTLPipeline
+
+    assert pipelines.StableMTLPipeline is StableMTLPipeline
+    assert set(pipelines.__all__) == {"StableMTLPipeline", "StableMTLOutput", "StableMTLImageProcessor"}

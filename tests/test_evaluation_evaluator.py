@@ -117,6 +117,8 @@ class _ToyTask(Task):
     name = "toy_brightness"
     prompt = "toy brightness"
     label_channels = 1
+    prediction_channels = 1
+    output_space = "brightness (B,1,H,W) in [0,1]"
     primary_metric = "mae"
     higher_is_better = False
 

@@ -1,6 +1,6 @@
 """An eighth task is one new file (a ``Task`` subclass plus its ``register_task`` line) and then works
-everywhere: storage, loader, augmentation, collation, task tokens, a training step, the pipeline and the
-evaluator."""
+everywhere: the task property checks, storage, loader, augmentation, collation, task tokens, a training
+step, the pipeline, the model card, the constant baseline and the evaluator."""
 
 import importlib
 import sys
@@ -8,15 +8,18 @@ import sys
 import pytest
 import torch
 from datasets import Dataset
+from test_tasks_properties import check_task_properties
 
 from stablemtl import StableMTLPipeline
 from stablemtl.data import Augmentation, collate_task_batch, load_source, render_sample
 from stablemtl.data.storage import features_for, sample_to_row
-from stablemtl.evaluation import evaluate
+from stablemtl.evaluation import TaskMetricsAverager, build_metric, evaluate
+from stablemtl.evaluation.trivial import ConstantPredictor
+from stablemtl.hub import make_model_card
 from stablemtl.models import TaskEmbeddings
 from stablemtl.tasks import check_tasks, get_task, task_names, unregister_task
 from stablemtl.testing import make_tiny_sd_folder
-from stablemtl.training.objective import StableMTLObjective
+from stablemtl.training.objectives.single_stream import StableMTLObjective
 
 # The whole new file a user writes: the horizontal luminance gradient, which changes sign under an
 # h-flip (so the registry's flip rule is exercised too).
@@ -32,6 +35,9 @@ class XGradientTask(Task):
     name = "x_gradient"
     prompt = "x gradient"
     label_channels = 1
+    prediction_channels = 1
+    output_space = "horizontal luminance gradient (B,1,H,W) in [-1,1]"
+    baseline_constant = (0.0,)
     primary_metric = "mae"
     higher_is_better = False
     hflip_signs = (-1.0,)
@@ -77,6 +83,11 @@ def _gradient(image: torch.Tensor) -> torch.Tensor:
     return grad
 
 
+def test_an_eighth_task_passes_every_task_property_check(toy_task):
+    check_task_properties(toy_task)
+    assert not toy_task.is_discrete and isinstance(build_metric("x_gradient"), TaskMetricsAverager)
+
+
 def test_an_eighth_task_file_works_end_to_end(toy_task, tmp_path):
     assert task_names()[-1] == "x_gradient" and check_tasks(["depth", "x_gradient"])
     # Data: a source labelling depth and the new task, stored and read back like any other.
@@ -111,11 +122,11 @@ def test_an_eighth_task_file_works_end_to_end(toy_task, tmp_path):
     )
     saved = TaskEmbeddings.load(pipe.task_embeddings.save(tmp_path / "tokens"))
     assert torch.equal(saved["x_gradient"], pipe.task_embeddings["x_gradient"])
-    objective = StableMTLObjective(pipe.vae, pipe.task_embeddings)
+    objective = StableMTLObjective(pipe)
     prepared = objective.prepare([batch])
     assert prepared.tasks == ["x_gradient", "x_gradient"] and prepared.mask.shape[-2:] == (2, 2)
     pipe.unet.train()
-    loss = objective.loss(pipe.unet, prepared)
+    loss = objective.loss({"unet": pipe.unet}, [batch])
     loss.backward()
     assert torch.isfinite(loss) and pipe.unet.conv_in.weight.grad.abs().sum() > 0
     pipe.unet.zero_grad(set_to_none=True)
@@ -139,6 +150,10 @@ def test_an_eighth_task_file_works_end_to_end(toy_task, tmp_path):
         def predict(self, images, next_images, tasks):
             return {"x_gradient": torch.zeros(images.shape[0], 1, SIZE, SIZE)}
 
-    report = evaluate(Zero(), [plain[0], plain[1]], tasks=["x_gradient"], progress=False)
     expected = sum(plain[i]["labels"]["x_gradient"].abs().mean().item() for i in range(2)) / 2
-    assert report["tasks"]["x_gradient"]["metrics"]["mae"] == pytest.approx(expected, rel=1e-5)
+    for zero in (Zero(), ConstantPredictor.from_samples([plain[0], plain[1]])):  # the baseline is zero
+        report = evaluate(zero, [plain[0], plain[1]], tasks=["x_gradient"], progress=False)
+        assert report["tasks"]["x_gradient"]["metrics"]["mae"] == pytest.approx(expected, rel=1e-5)
+
+    card = str(make_model_card(["depth", "x_gradient"]))
+    assert '- `x_gradient` (prompt "x gradient"): horizontal luminance gradient (B,1,H,W) in [-1,1]' in card

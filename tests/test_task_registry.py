@@ -14,6 +14,10 @@ class EdgesTask(Task):
     name = "edges"
     prompt = "edges"
     label_channels = 1
+    prediction_channels = 1
+    prediction_dtype = torch.int64
+    output_space = "edge map (B,1,H,W) int64: 0 background, 1 edge"
+    class_names = ("background", "edge")
     primary_metric = "f1"
     higher_is_better = True
 
@@ -58,6 +62,29 @@ def test_an_eighth_task_registers_and_works(edges):
         edges.metrics(label, label, valid)
     with pytest.raises(ValueError, match="already registered"):
         register_task(EdgesTask())
+
+
+def test_registration_checks_the_facts_the_toolkit_reads():
+    class Bare(EdgesTask):
+        pass
+
+    for fact, value, message in [
+        ("prediction_channels", None, "Bare.prediction_channels must be a positive int, got None"),
+        ("prediction_channels", 0, "prediction_channels must be a positive int"),
+        ("label_channels", True, "label_channels must be a positive int"),
+        ("output_space", None, "Bare.output_space must be a str"),
+        ("higher_is_better", 1, "higher_is_better must be a bool"),
+        ("prediction_dtype", "int64", "prediction_dtype must be a torch.dtype"),
+        ("class_names", ("edge",), "class_names must name 2\\+ classes"),
+        ("baseline_constant", (0.0, 1.0), "baseline_constant has 2 values for 1 prediction channel"),
+    ]:
+        task = Bare()
+        setattr(task, fact, value)
+        with pytest.raises(ValueError, match=message):
+            register_task(task)
+        assert "edges" not in task_names()
+    with pytest.raises(ValueError, match="Task instance"):
+        register_task("edges")
 
 
 def test_unregister_removes_the_task(edges):

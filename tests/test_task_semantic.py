@@ -21,6 +21,19 @@ def test_attributes():
     )
     assert task.num_classes == 8 and task.class_names[3] == "traffic light" and task.ignore_index == 255
     assert PALETTE[0] == (128, 64, 128) and PALETTE[7] == (0, 0, 142) and len(CLASS_NAMES) == 8
+    assert task.is_discrete and task.prediction_dtype == task.label_dtype == torch.int64
+    assert task.output_space.startswith("class ids (B,1,H,W) int64: 0 road, 1 building,")
+    assert task.output_space.endswith("6 sky, 7 vehicle")
+
+
+def test_baseline_is_the_majority_of_valid_labelled_pixels():
+    task = SemanticTask()
+    valid = torch.tensor([[True, False, True, True]])
+    pairs = [(torch.tensor([[[3, 3, 5, 255]]]), valid), (torch.tensor([[[5, 5, 5, 1]]]), valid)]
+    # valid ids: 3, 5 (255 ignored) and 5, 5, 1 (position 1 invalid) -> 5 wins 3 to 1
+    baseline = task.baseline_prediction(iter(pairs))
+    assert baseline.tolist() == [5] and baseline.dtype == torch.int64
+    assert task.baseline_prediction().tolist() == [0]  # no labels: the first class
 
 
 def test_encode_draws_palette_colours_and_black_for_ignore():

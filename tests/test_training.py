@@ -83,7 +83,8 @@ def test_a_tiny_run_updates_on_one_task_at_a_time_and_saves_a_pipeline(assets, t
 
     records = []
 
-    def hook(step, groups, sync, unet):
+    def hook(step, groups, sync, modules):
+        unet = modules["unet"]
         checksum = float(unet.conv_in.weight.detach().double().sum())
         records.append((step, [g["task"] for g in groups], [g["source"] for g in groups], sync, checksum))
 
@@ -227,7 +228,8 @@ def test_bf16_checkpointing_ema_adamw_and_adaptive_sampling_run_and_save_the_ema
 ):
     last = {}
 
-    def hook(step, groups, sync, unet):
+    def hook(step, groups, sync, modules):
+        unet = modules["unet"]
         last["conv_in"] = unet.conv_in.weight.detach().clone()
         last["tasks"] = last.get("tasks", []) + [g["task"] for g in groups]
 
@@ -327,16 +329,17 @@ def test_a_bf16_run_saves_the_base_vae_bit_for_bit(assets, mixed_run):
 def test_the_saved_pipeline_predicts_as_the_objective_trained(assets, mixed_run):
     from stablemtl.data import load_source
     from stablemtl.pipelines.pipeline_stablemtl import StableMTLPipeline
-    from stablemtl.training.objective import StableMTLObjective
+    from stablemtl.training.objectives.single_stream import StableMTLObjective
     from stablemtl.training.validation import validation_groups
 
     pipe = StableMTLPipeline.from_pretrained(mixed_run)
     assert (pipe.config.timestep, pipe.config.second_frame) == (500, "zero")
     (group,) = validation_groups([load_source(assets["data"][0])], ["depth"], 2)
-    objective = StableMTLObjective(pipe.vae, pipe.task_embeddings, timestep=500, second_frame="zero")
+    # A fresh objective reads the latent-step settings from the saved pipeline's config.
+    objective = StableMTLObjective(StableMTLPipeline.from_pretrained(mixed_run))
     batch = objective.prepare([group])
     with torch.no_grad():
-        trained = objective.predict(pipe.unet, batch)
+        trained = objective.predict_latents(pipe.unet, batch)
         condition, mask = pipe.task_embeddings.batch(["depth"])
         z1 = batch.sample[:, :4]
 
@@ -355,17 +358,17 @@ def test_a_failed_replacement_of_the_final_pipeline_leaves_no_model_index(
     assets, mixed_run, tmp_path, monkeypatch
 ):
     from stablemtl.pipelines.pipeline_stablemtl import StableMTLPipeline
-    from stablemtl.training.loop import save_final_pipeline
+    from stablemtl.training.objectives.single_stream import StableMTLObjective
 
     pipe = StableMTLPipeline.from_pretrained(mixed_run)
-    config = load_config(None, **_settings(assets, tmp_path, tasks=["depth"]))
-    save_final_pipeline(pipe, pipe.unet, tmp_path, config)
+    objective = StableMTLObjective(pipe)
+    objective.save_model({"unet": pipe.unet}, tmp_path)
     assert (tmp_path / "model_index.json").is_file()
 
     replace, moves = os.replace, []
 
     def failing_replace(src, dst):
-        if Path(src).parent.name == ".tmp-pipeline":  # moving a component into the output folder
+        if any(".saving-" in part for part in Path(src).parts):  # moving a staged file into the folder
             moves.append(Path(src).name)
             if len(moves) == 2:
                 raise OSError("disk full")
@@ -373,25 +376,26 @@ def test_a_failed_replacement_of_the_final_pipeline_leaves_no_model_index(
 
     monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
-        save_final_pipeline(pipe, pipe.unet, tmp_path, config)
+        objective.save_model({"unet": pipe.unet}, tmp_path)
     # One component is new, the rest old: the folder must not load as a pipeline.
     assert len(moves) == 2 and not (tmp_path / "model_index.json").exists()
     monkeypatch.setattr(os, "replace", replace)
-    save_final_pipeline(pipe, pipe.unet, tmp_path, config)
+    objective.save_model({"unet": pipe.unet}, tmp_path)
     assert StableMTLPipeline.from_pretrained(tmp_path).config.timestep == 500
 
 
 def test_validation_defaults_to_the_unaugmented_training_sources(assets):
     from stablemtl.data import load_source
-    from stablemtl.training.loop import validation_sources
+    from stablemtl.training.validation import ValidationSet
 
-    config = load_config(None, **_settings(assets, assets["root"] / "unused"))
+    config = load_config(None, **_settings(assets, assets["root"] / "unused", num_validation_images=4))
     assert config.augment and not config.validation_data
-    sources = validation_sources(config)
-    assert [s.source for s in sources] == [load_source(p).source for p in assets["data"]]
+    validation = ValidationSet.build(config, ["depth", "optical_flow"])
+    assert validation.origin == "training rows, in-sample"
     augmented_differs = []
-    for path, source in zip(assets["data"], sources):
+    for group in validation.groups:
+        path = next(p for p in assets["data"] if load_source(p).source == group["source"][0])
         plain, augmented = load_source(path), load_source(path, augment=True, seed=config.seed)
-        assert all(torch.equal(source[i]["image"], plain[i]["image"]) for i in range(4))
+        assert all(torch.equal(group["image"][i], plain[i]["image"]) for i in range(4))
         augmented_differs += [not torch.equal(augmented[i]["image"], plain[i]["image"]) for i in range(4)]
     assert any(augmented_differs)  # the check can fail: the augmentation changes some of these samples

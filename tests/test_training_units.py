@@ -241,16 +241,13 @@ def test_resuming_with_the_other_use_ema_or_without_the_sampler_file_is_a_clear_
 
 # -- one micro-batch ---------------------------------------------------------------------------------
 class _LinearObjective:
-    """Stands in for StableMTLObjective: loss = w . c, so the gradient is exactly ``c``."""
+    """Stands in for an objective: loss = w . c, so the gradient is exactly ``c``."""
 
     def __init__(self, c: torch.Tensor):
         self.c = c
 
-    def prepare(self, groups, dtype=None):
-        return groups
-
-    def loss(self, model, batch):
-        return (model.weight[0] * self.c).sum()
+    def loss(self, modules, groups):
+        return (modules["linear"].weight[0] * self.c).sum()
 
 
 def test_micro_step_clips_the_gradient_norm_and_returns_it_before_clipping():
@@ -261,13 +258,13 @@ def test_micro_step_clips_the_gradient_norm_and_returns_it_before_clipping():
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     objective = _LinearObjective(torch.tensor([30.0, 40.0]))  # gradient norm 50
-    loss, norm = micro_step(accelerator, model, objective, optimizer, [], max_grad_norm=5.0)
+    loss, norm = micro_step(accelerator, {"linear": model}, objective, optimizer, [], max_grad_norm=5.0)
     assert float(loss) == 0.0 and float(norm) == pytest.approx(50.0)
     # Clipped to norm 5 along the same direction: one SGD step of lr 1 moves w by -(3, 4).
     torch.testing.assert_close(model.weight.detach(), torch.tensor([[-3.0, -4.0]]))
     # Below the threshold nothing is scaled: the gradient (0.3, 0.4) is applied as it is.
     objective.c = torch.tensor([0.3, 0.4])
-    _, norm = micro_step(accelerator, model, objective, optimizer, [], max_grad_norm=5.0)
+    _, norm = micro_step(accelerator, {"linear": model}, objective, optimizer, [], max_grad_norm=5.0)
     assert float(norm) == pytest.approx(0.5)
     torch.testing.assert_close(model.weight.detach(), torch.tensor([[-3.3, -4.4]]))
 

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     rank = int(os.environ.get("RANK", "0"))
     log = (record / f"rank{rank}.jsonl").open("a")
 
-    def hook(step, groups, sync, unet) -> None:
+    def hook(step, groups, sync, modules) -> None:
+        unet = modules["unet"]
         line = {
             "step": step,
             "sync": sync,

@@ -41,6 +41,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
 from tqdm.auto import tqdm
 
 from stablemtl.data.synthetic import render_sample
+from stablemtl.models.latent_step import LatentStep
 from stablemtl.tasks import get_task
 from stablemtl.testing import tiny_sd_components, tiny_vae_config
 
@@ -150,7 +151,8 @@ def train_vae(accelerator: Accelerator, vae, images: torch.Tensor, args, generat
 @torch.no_grad()
 def measure_scaling_factor(vae, images: torch.Tensor) -> float:
     """1 / std of the posterior means, so that scaled latents have unit variance (how SD picked 0.18215)."""
-    latents = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in images.split(64)])
+    step = LatentStep(vae)
+    latents = torch.cat([step.encode(chunk) for chunk in images.split(64)]) / step.scaling_factor
     return float(1.0 / latents.std())
 
 
@@ -158,9 +160,8 @@ def train_unet(accelerator, unet, vae, text_encoder, tokenizer, pool, args, gene
     noise_scheduler = DDPMScheduler.from_config(
         {**dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")}
     )
-    scale = vae.config.scaling_factor
     with torch.no_grad():
-        latents = torch.cat([vae.encode(c).latent_dist.mean for c in pool["rgb"].split(64)]) * scale
+        latents = torch.cat([LatentStep(vae).encode(c) for c in pool["rgb"].split(64)])
         prompts = sorted(set(pool["captions"]))
         ids = tokenizer(prompts, padding="max_length", max_length=16, truncation=True, return_tensors="pt")
         embeddings = text_encoder(ids.input_ids)[0]
@@ -195,9 +196,8 @@ def reconstruction_quality(vae, pool: dict) -> dict[str, float]:
     for kind, images in pool.items():
         if kind == "captions":
             continue
-        recon = torch.cat(
-            [vae.decode(vae.encode(c).latent_dist.mean).sample for c in images.split(32)]
-        ).clamp(-1, 1)
+        step = LatentStep(vae)
+        recon = torch.cat([step.decode(step.encode(c)) for c in images.split(32)]).clamp(-1, 1)
         mse = F.mse_loss(recon, images).item()
         report[f"psnr_{kind}"] = 10 * math.log10(4.0 / max(mse, 1e-12))
         if kind == "semantic":

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from stablemtl.cli.help_format import DefaultsHelpFormatter
 from stablemtl.data import load_source, make_dataset
 from stablemtl.evaluation import build_reference, evaluate_models, write_report
 from stablemtl.evaluation.trivial import ConstantPredictor
@@ -38,21 +39,35 @@ TRAIN_SOURCES = ("indoor", "street", "flying")
 TEST_SOURCES = ("indoor", "street")  # a street test row carries all seven tasks, indoor adds rooms
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="stablemtl demo: data, stage 1, references, evaluation.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m stablemtl.cli.demo",
+        description="stablemtl demo on the CPU: render data, train stage 1 and single-task references, "
+        "evaluate them against a constant predictor and write a report.",
+        formatter_class=DefaultsHelpFormatter,
+    )
     parser.add_argument("--out", default="runs/demo", help="folder for data, models and the report")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="training YAML (configs/demo.yaml)")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="training YAML file")
     parser.add_argument(
-        "--base", default=str(DEFAULT_BASE), help="pretrained SD-layout base (folder or Hub id)"
+        "--base", default=str(DEFAULT_BASE), help="pretrained SD-layout base: folder or Hub id"
     )
     parser.add_argument("--train_rows", type=int, default=96, help="rows rendered per training source")
     parser.add_argument("--test_rows", type=int, default=16, help="rows rendered per test source")
     parser.add_argument("--size", type=int, default=64, help="render resolution in pixels")
-    parser.add_argument("--max_train_steps", type=int, default=None, help="override the config's steps")
-    parser.add_argument("--reference_steps", type=int, default=None, help="steps per single-task reference")
+    parser.add_argument(
+        "--max_train_steps", type=int, default=None, help="stage-1 optimizer steps (default: the config's)"
+    )
+    parser.add_argument(
+        "--reference_steps", type=int, default=None,
+        help="steps per single-task reference (default: stage-1 steps / number of tasks)",
+    )  # fmt: skip
     parser.add_argument("--skip_references", action="store_true", help="train no single-task references")
-    parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    parser.add_argument("--seed", type=int, default=0, help="seed of data rendering, training and evaluation")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def render_sources(out: Path, args: argparse.Namespace) -> tuple[list[Path], list[Path]]:

@@ -1,11 +1,12 @@
 """``stablemtl-eval``: score pipelines on data sets with the shared evaluator and write a report.
 
 ```bash
-stablemtl-eval --model runs/s1 --model runs/s2 --data data/indoor --data data/street \
-    --reference runs/single_task/metrics.json --out runs/eval
+stablemtl-eval --model runs/s1 --model someone/stablemtl --data data/indoor --data data/street \
+    --reference runs/single_task/metrics.json --out runs/eval --write_model_card
 stablemtl-eval --merge runs/a/metrics.json --merge runs/b/metrics.json --out runs/both   # no re-run
 ```
-Writes ``metrics.json``, ``report.md`` and ``figures/*.png`` into ``--out`` and prints the summary.
+Writes ``metrics.json``, ``report.md`` and ``figures/*.png`` into ``--out`` and prints the summary. With
+``--write_model_card`` each evaluated local folder's model card gets the metrics measured here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from stablemtl.cli.help_format import DefaultsHelpFormatter
 from stablemtl.evaluation import (
     EvalConfig,
     build_reference,
@@ -32,50 +34,134 @@ from stablemtl.evaluation.flow_metrics import FLOW_ALIGNMENTS
 
 logger = logging.getLogger("stablemtl.eval")
 
+DESCRIPTION = (
+    "Score saved pipelines (local folders or Hub ids) on data sets with the shared evaluator, and write "
+    "metrics.json, report.md and figures/*.png into --out. --merge joins earlier metrics.json files "
+    "without re-running them."
+)
+DTYPES = ("fp32", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stablemtl-eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", action="append", default=[], help="pipeline folder (repeat to compare)")
-    p.add_argument("--name", action="append", default=[], help="name per --model (default: folder)")
-    p.add_argument("--data", action="append", default=[], help="data set folder (repeat to chain)")
-    p.add_argument("--tasks", nargs="+", default=None, help="tasks to score (default: all labelled)")
-    p.add_argument("--reference", action="append", default=[], help="metrics.json for Δm (repeatable)")
+    p = argparse.ArgumentParser(
+        prog="stablemtl-eval", description=DESCRIPTION, formatter_class=DefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--model", action="append", default=[], help="pipeline folder or Hub id (repeat to compare models)"
+    )
+    p.add_argument(
+        "--name", action="append", default=[], help="report name per --model (default: its folder name)"
+    )
+    p.add_argument("--data", action="append", default=[], help="data set folder (repeat to chain several)")
+    p.add_argument("--tasks", nargs="+", default=None, help="tasks to score (default: every labelled task)")
+    p.add_argument(
+        "--reference", action="append", default=[], help="metrics.json of single-task references for Δm"
+    )
     p.add_argument("--merge", action="append", default=[], help="metrics.json whose models join the report")
-    p.add_argument("--batch_size", type=int, default=4)
-    p.add_argument("--limit", type=int, default=None, help="at most N samples per --data")
+    p.add_argument("--batch_size", type=int, default=4, help="images per model call")
+    p.add_argument("--limit", type=int, default=None, help="at most N samples per --data (default: all)")
     p.add_argument("--num_grids", type=int, default=4, help="prediction grids to draw (first N samples)")
-    p.add_argument("--depth_alignment", choices=DEPTH_ALIGNMENTS, default="least_squares")
-    p.add_argument("--min_depth", type=float, default=1e-3)
-    p.add_argument("--max_depth", type=float, default=None)
-    p.add_argument("--flow_alignment", choices=FLOW_ALIGNMENTS, default="per_axis_scale")
-    p.add_argument("--scene_flow_alignment", choices=FLOW_ALIGNMENTS, default="per_axis_scale")
+    p.add_argument(
+        "--depth_alignment", choices=DEPTH_ALIGNMENTS, default="least_squares",
+        help="how depth predictions are aligned to the ground truth before scoring",
+    )  # fmt: skip
+    p.add_argument("--min_depth", type=float, default=1e-3, help="ground-truth depths below this are ignored")
+    p.add_argument("--max_depth", type=float, default=None, help="ground-truth depths above this are ignored")
+    p.add_argument(
+        "--flow_alignment", choices=FLOW_ALIGNMENTS, default="per_axis_scale",
+        help="how optical-flow predictions (normalised per axis) are scaled to the ground truth",
+    )  # fmt: skip
+    p.add_argument(
+        "--scene_flow_alignment", choices=FLOW_ALIGNMENTS, default="per_axis_scale",
+        help="how scene-flow predictions (normalised per axis) are scaled to the ground truth",
+    )  # fmt: skip
     p.add_argument(
         "--scene_flow_official_and", action="store_true", help="also report the official AND-rule accuracies"
     )
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no_progress", action="store_true")
-    p.add_argument("--title", default="stablemtl evaluation")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--device", choices=DEVICES, default="auto", help="where models run; auto: cuda, else mps, else cpu"
+    )
+    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="precision the models are loaded in")
+    p.add_argument("--cache_dir", default=None, help="Hugging Face cache for Hub ids (default: the HF cache)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of every Hub id")
+    p.add_argument(
+        "--write_model_card", action="store_true",
+        help="write each --model folder's metrics into its model_index.json and README.md model card",
+    )  # fmt: skip
+    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--title", default="stablemtl evaluation", help="title of report.md")
+    p.add_argument("--out", required=True, help="output folder of the report")
     return p
 
 
-def load_predictor(path: str, device: str = "cpu"):
-    """Load a saved pipeline folder as a Predictor (its class is read from ``model_index.json``)."""
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when available, else ``mps``, else ``cpu``; other names pass through."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _read_model_index(path: str, cache_dir: str | None, revision: str | None) -> dict[str, Any]:
+    """``model_index.json`` of a local folder or of a Hub id (offline, the Hugging Face cache serves it)."""
     folder = Path(path)
-    index = folder / "model_index.json"
-    if not index.is_file():
-        raise ValueError(f"--model {path!r} is not a pipeline folder: {index} is missing")
-    class_name = json.loads(index.read_text()).get("_class_name", "StableMTLPipeline")
+    if folder.exists():
+        index = folder / "model_index.json"
+        if not index.is_file():
+            raise ValueError(f"--model {path!r} is not a pipeline folder: {index} is missing")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            index = Path(hf_hub_download(path, "model_index.json", cache_dir=cache_dir, revision=revision))
+        except Exception as err:  # invalid id, not found, offline and not cached: one clear message
+            raise ValueError(
+                f"--model {path!r} is neither a local pipeline folder nor a loadable Hub id "
+                f"({type(err).__name__}: {str(err).splitlines()[0]})"
+            ) from err
+    try:
+        return json.loads(index.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--model {path!r}: {index} is not valid JSON ({err})") from err
+
+
+def load_predictor(
+    path: str,
+    device: str = "auto",
+    dtype: str = "fp32",
+    cache_dir: str | None = None,
+    revision: str | None = None,
+):
+    """Load a saved pipeline (local folder or Hub id) as a Predictor; its class is read from
+    ``model_index.json`` and looked up in ``stablemtl.pipelines``."""
+    import torch
+
     import stablemtl.pipelines as pipelines
 
-    cls = getattr(pipelines, class_name, None)
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r} must be one of {DTYPES}")
+    class_name = _read_model_index(path, cache_dir, revision).get("_class_name", "StableMTLPipeline")
+    if not isinstance(class_name, str):
+        raise ValueError(
+            f"--model {path!r}: _class_name in model_index.json must be a class name string, got "
+            f"{class_name!r}"
+        )
+    cls = getattr(pipelines, class_name, None) if class_name in pipelines.__all__ else None
     if cls is None:
-        from stablemtl.pipelines.pipeline_stablemtl import StableMTLPipeline as cls
-    pipe = cls.from_pretrained(str(folder))
-    if hasattr(pipe, "to"):
-        pipe = pipe.to(device)
-    if hasattr(pipe, "set_progress_bar_config"):
-        pipe.set_progress_bar_config(disable=True)
+        raise ValueError(
+            f"--model {path!r} is a {class_name}, not a stablemtl pipeline ({', '.join(pipelines.__all__)})"
+        )
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    hub_kwargs = {k: v for k, v in (("cache_dir", cache_dir), ("revision", revision)) if v is not None}
+    pipe = cls.from_pretrained(path, torch_dtype=torch_dtype, **hub_kwargs)
+    pipe = pipe.to(resolve_device(device))
+    pipe.set_progress_bar_config(disable=True)
     if not callable(getattr(pipe, "predict", None)):
         raise ValueError(f"--model {path!r} loads as {type(pipe).__name__}, which has no predict() method")
     return pipe
@@ -108,6 +194,19 @@ def load_samples(paths: Sequence[str], limit: int | None = None) -> ChainedSampl
     return ChainedSamples(paths, limit)
 
 
+def write_model_cards(folders: Sequence[str], reports: Sequence[dict[str, Any]], data: Sequence[str]) -> None:
+    """Write each report's metrics into its pipeline folder's model card (``--write_model_card``)."""
+    from stablemtl.hub import write_metrics_to_model_card
+
+    for folder, report in zip(folders, reports):
+        metrics = {task: entry["metrics"] for task, entry in report["tasks"].items()}
+        if not metrics:
+            logger.warning("%s: no task was scored; its model card is left as it was", folder)
+            continue
+        card = write_metrics_to_model_card(folder, metrics, [Path(d).resolve().name for d in data])
+        logger.info("wrote the metrics of %s into %s", report["name"], card)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -120,6 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = args.name or [Path(m).resolve().name for m in args.model]
     if len(set(names)) != len(names):
         raise SystemExit(f"stablemtl-eval: model names repeat ({names}); pass --name for each --model")
+    not_folders = [m for m in args.model if not Path(m).is_dir()]
+    if args.write_model_card and not_folders:
+        raise SystemExit(
+            f"stablemtl-eval: --write_model_card writes into local folders only; not folders: {not_folders}"
+        )
 
     reports: list[dict[str, Any]] = []
     visuals = []
@@ -132,7 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             scene_flow_alignment=args.scene_flow_alignment,
             scene_flow_official_and=args.scene_flow_official_and,
         )
-        predictors = {name: load_predictor(path, args.device) for name, path in zip(names, args.model)}
+        predictors = {
+            name: load_predictor(path, args.device, args.dtype, args.cache_dir, args.revision)
+            for name, path in zip(names, args.model)
+        }
         samples = load_samples(args.data, args.limit)
         result = evaluate_models(
             predictors,
@@ -146,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, path in zip(names, args.model):
             result.reports[name]["model_path"] = str(path)
             result.reports[name]["data_paths"] = list(args.data)
+        if args.write_model_card:
+            write_model_cards(args.model, [result.reports[n] for n in names], args.data)
         reports = list(result.reports.values())
         visuals = result.visuals
     reports = merge_reports([*reports, *args.merge])

@@ -14,12 +14,20 @@ import argparse
 import logging
 import sys
 
+from stablemtl.cli.help_format import DefaultsHelpFormatter
 from stablemtl.data.generate import make_dataset
 from stablemtl.data.profiles import get_profile, profile_names
 
+DESCRIPTION = (
+    "Render a synthetic source into a Hugging Face datasets folder (loadable with datasets.load_from_disk). "
+    "Interrupt and rerun the same command to resume."
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stablemtl-make-data", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="stablemtl-make-data", description=DESCRIPTION, formatter_class=DefaultsHelpFormatter
+    )
     parser.add_argument("--profile", required=True, help=f"source profile: {', '.join(profile_names())}")
     parser.add_argument("--n", type=int, required=True, help="number of rows")
     parser.add_argument("--out", required=True, help="output folder (datasets.load_from_disk-able)")
@@ -27,12 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", default="train", choices=["train", "test"], help="test rows carry every label"
     )
     parser.add_argument(
-        "--shift", action="store_true", help="the shifted test domain (textures, light, camera)"
+        "--shift", action="store_true", help="render the shifted test domain (textures, light, camera)"
     )
     parser.add_argument("--size", type=int, default=128, help="image height = width in pixels")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the scene sampler (rows reproduce)")
     parser.add_argument("--workers", type=int, default=0, help="render processes (0: in this process)")
-    parser.add_argument("--shard-size", type=int, default=None, help="rows per resumable shard")
+    parser.add_argument(
+        "--shard_size", type=int, default=None, help="rows per resumable shard (default: the tool's choice)"
+    )
+    # The earlier dashed spelling keeps working, unadvertised.
+    parser.add_argument("--shard-size", dest="shard_size", type=int, help=argparse.SUPPRESS)
     return parser
 
 

@@ -96,3 +96,23 @@ def augment_sample(sample: dict, augmentation: Augmentation, generator: torch.Ge
         if len(jittered) > 1:
             out["next_image"] = jittered[1]
     return out
+
+
+def crop_sample(sample: dict, top: int, left: int, height: int, width: int) -> dict:
+    """Return a copy of ``sample`` cropped to ``[top:top+height, left:left+width]``; label values are
+    unchanged by a crop (flows keep their pixel units) and the principal point moves with the window."""
+    h, w = sample["image"].shape[-2:]
+    if not (0 <= top and 0 <= left and top + height <= h and left + width <= w):
+        raise ValueError(f"crop {height}x{width} at ({top}, {left}) does not fit a {h}x{w} sample")
+    window = (slice(top, top + height), slice(left, left + width))
+    out = {**sample, "image": sample["image"][..., window[0], window[1]]}
+    if sample.get("next_image") is not None:
+        out["next_image"] = sample["next_image"][..., window[0], window[1]]
+    out["labels"] = {t: v[..., window[0], window[1]] for t, v in sample["labels"].items()}
+    out["valid"] = {t: v[..., window[0], window[1]] for t, v in sample["valid"].items()}
+    if sample.get("intrinsics") is not None:
+        k = sample["intrinsics"].clone()
+        k[0, 2] -= left
+        k[1, 2] -= top
+        out["intrinsics"] = k
+    return out

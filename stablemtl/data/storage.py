@@ -2,8 +2,9 @@
 
 Columns: ``image`` / ``next_image`` (``Image``; ``next_image`` is None for single frames), ``source``
 (profile name), ``index`` (row id of the generator), ``tasks`` (labelled task names of the row),
-``intrinsics`` (3x3 float32) and, per labelled task, ``label_<task>`` (``Array3D`` (C, H, W), float32,
-uint8 for semantic) and ``valid_<task>`` (``Array2D`` (H, W) bool).
+``intrinsics`` (3x3 float32) and, per labelled task, ``label_<task>`` (``Array3D`` (C, H, W): float32, or
+uint8 for tasks whose labels are class ids, see ``Task.label_dtype``) and ``valid_<task>`` (``Array2D``
+(H, W) bool).
 """
 
 from __future__ import annotations
@@ -18,8 +19,26 @@ from stablemtl.tasks import get_task
 LABEL_PREFIX, VALID_PREFIX = "label_", "valid_"
 
 
-def label_dtype(task: str) -> str:
-    return "uint8" if task == "semantic" else "float32"
+# Class ids (IGNORE_INDEX = 255 included) fit one byte, 4x smaller on disk than float32.
+ID_STORAGE = "uint8"
+
+
+def storage_dtype(task: str) -> str:
+    """The Arrow dtype of ``task``'s label column: float32, or uint8 for integer (class id) labels."""
+    return "float32" if get_task(task).label_dtype.is_floating_point else ID_STORAGE
+
+
+def _label_array(task: str, label: torch.Tensor) -> np.ndarray:
+    """A label as stored; integer labels outside 0..255 raise instead of wrapping around in uint8."""
+    dtype = storage_dtype(task)
+    if dtype == ID_STORAGE:
+        info = np.iinfo(ID_STORAGE)
+        if label.numel() and (int(label.min()) < info.min or int(label.max()) > info.max):
+            raise ValueError(
+                f"label of task {task!r} holds ids {int(label.min())}..{int(label.max())}, "
+                f"outside the {info.min}..{info.max} range it is stored in"
+            )
+    return label.numpy().astype(dtype)
 
 
 def features_for(tasks, height: int, width: int) -> Features:
@@ -34,7 +53,7 @@ def features_for(tasks, height: int, width: int) -> Features:
     }
     for task in tasks:
         channels = get_task(task).label_channels
-        cols[LABEL_PREFIX + task] = Array3D((channels, height, width), label_dtype(task))
+        cols[LABEL_PREFIX + task] = Array3D((channels, height, width), storage_dtype(task))
         cols[VALID_PREFIX + task] = Array2D((height, width), "bool")
     return Features(cols)
 
@@ -56,7 +75,7 @@ def sample_to_row(sample: dict, index: int, tasks) -> dict:
     }
     for task in tasks:
         label = sample["labels"].get(task)
-        row[LABEL_PREFIX + task] = None if label is None else label.numpy().astype(label_dtype(task))
+        row[LABEL_PREFIX + task] = None if label is None else _label_array(task, label)
         valid = sample["valid"].get(task)
         row[VALID_PREFIX + task] = None if valid is None else valid.numpy().astype(bool)
     return row
@@ -90,7 +109,7 @@ def row_to_sample(row: dict, where: str) -> dict:
             if label is None or valid is None:
                 raise ValueError(f"{where}: task {task!r} is listed but its label or valid column is missing")
             label = torch.from_numpy(np.array(label))
-            label = label.long() if task == "semantic" else label.float()
+            label = label.to(task_obj.label_dtype)
             valid = torch.from_numpy(np.array(valid)).bool()
             if label.shape != (task_obj.label_channels, height, width) or valid.shape != (height, width):
                 raise ValueError(

@@ -24,7 +24,12 @@ from stablemtl.evaluation.references import (
     merge_reports,
     primary_metrics,
 )
-from stablemtl.evaluation.registry import TaskMetricsAverager, build_metric
+from stablemtl.evaluation.registry import (
+    TaskMetricsAverager,
+    build_metric,
+    metric_families,
+    register_metric_family,
+)
 from stablemtl.evaluation.report import render_markdown, write_report
 from stablemtl.evaluation.semantic_metrics import SemanticMetrics
 
@@ -51,8 +56,10 @@ __all__ = [
     "fit_scale_shift",
     "load_reports",
     "merge_reports",
+    "metric_families",
     "per_axis_nonnegative_scale",
     "primary_metrics",
+    "register_metric_family",
     "relative_gains",
     "render_markdown",
     "resize_to_label",

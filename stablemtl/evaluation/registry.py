@@ -1,10 +1,17 @@
-"""Which metric scores which task: the seven built-in tasks have data-set accumulators; any other
-task is scored by averaging its own ``Task.metrics(pred, label, valid)`` over images."""
+"""Which metric scores which task: a task names its accumulator family in ``Task.metric_family`` and this
+module builds it from the family's factory; a task naming none is scored by averaging its own
+``Task.metrics(pred, label, valid)`` over images.
+
+Tasks name their scoring and evaluation implements it, because ``stablemtl.tasks`` imports nothing of the
+toolkit: the accumulators (torchmetrics, scikit-image) and ``EvalConfig`` stay here, and a new task that
+is scored like depth says ``metric_family = "depth"`` without touching this package.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -33,7 +40,7 @@ class TaskMetricsAverager:
 
     def update(self, prediction: torch.Tensor, label: torch.Tensor, valid: torch.Tensor) -> None:
         prediction, label, valid = check_inputs(prediction, label, valid, None)
-        nearest = not prediction.is_floating_point()
+        nearest = self.task.is_discrete or not prediction.is_floating_point()
         prediction = resize_to_label(prediction, tuple(label.shape[-2:]), nearest=nearest)
         for pred_i, label_i, valid_i in zip(prediction, label, valid):
             if not bool(valid_i.any()):
@@ -52,29 +59,44 @@ class TaskMetricsAverager:
         return {"scoring": f"mean over images of {type(self.task).__name__}.metrics"}
 
 
-def _semantic(config: EvalConfig) -> SemanticMetrics:
-    task = get_task("semantic")
-    return SemanticMetrics(class_names=getattr(task, "class_names", None) or ())
+MetricFactory = Callable[[Task, EvalConfig], Any]
 
-
-_BUILTIN: dict[str, Callable[[EvalConfig], object]] = {
-    "depth": lambda c: DepthMetrics(c.depth_alignment, c.min_depth, c.max_depth),
-    "normal": lambda c: NormalMetrics(),
-    "semantic": _semantic,
-    "optical_flow": lambda c: OpticalFlowMetrics(c.flow_alignment),
-    "scene_flow": lambda c: SceneFlowMetrics(c.scene_flow_alignment, c.scene_flow_official_and),
-    "albedo": lambda c: IntrinsicImageMetrics(channels=3),
-    "shading": lambda c: IntrinsicImageMetrics(channels=1),
+# How each family turns the task's facts and the evaluation settings into a fresh accumulator.
+_FAMILIES: dict[str, MetricFactory] = {
+    "depth": lambda task, c: DepthMetrics(c.depth_alignment, c.min_depth, c.max_depth),
+    "normal": lambda task, c: NormalMetrics(),
+    "semantic": lambda task, c: SemanticMetrics(task.class_names, ignore_index=task.ignore_index),
+    "optical_flow": lambda task, c: OpticalFlowMetrics(c.flow_alignment),
+    "scene_flow": lambda task, c: SceneFlowMetrics(c.scene_flow_alignment, c.scene_flow_official_and),
+    "intrinsic_image": lambda task, c: IntrinsicImageMetrics(channels=task.label_channels),
 }
+
+
+def register_metric_family(name: str, factory: MetricFactory) -> None:
+    """Add an accumulator family that tasks can name in ``metric_family``; ``factory(task, config)``
+    returns an object with ``update``, ``results``, ``config`` and ``num_images``."""
+    if name in _FAMILIES:
+        raise ValueError(f"metric family {name!r} is already registered")
+    _FAMILIES[name] = factory
+
+
+def metric_families() -> list[str]:
+    """Names of the registered accumulator families."""
+    return list(_FAMILIES)
 
 
 def build_metric(task_name: str, config: EvalConfig | None = None):
     """A fresh accumulator for ``task_name`` with ``update``, ``results``, ``config`` and ``num_images``.
 
-    Unknown task names raise ``ValueError`` (from the task registry).
+    Unknown task names raise ``ValueError`` (from the task registry), as does an unknown family.
     """
     task = get_task(task_name)
     config = config or EvalConfig()
-    if task_name in _BUILTIN:
-        return _BUILTIN[task_name](config)
-    return TaskMetricsAverager(task)
+    if task.metric_family is None:
+        return TaskMetricsAverager(task)
+    factory = _FAMILIES.get(task.metric_family)
+    if factory is None:
+        raise ValueError(
+            f"task {task_name!r} names metric family {task.metric_family!r}; known: {', '.join(_FAMILIES)}"
+        )
+    return factory(task, config)

@@ -10,10 +10,6 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 from stablemtl.evaluation.base import DenseMetric
 from stablemtl.tasks import IGNORE_INDEX
 
-DEFAULT_CLASS_NAMES = (
-    "road", "building", "pole", "traffic_light", "traffic_sign", "vegetation", "sky", "vehicle",
-)  # fmt: skip
-
 
 class SemanticMetrics(DenseMetric):
     """Semantic: ``miou`` and ``pixel_accuracy`` in %, ``iou_<class>`` per class in %.
@@ -22,13 +18,19 @@ class SemanticMetrics(DenseMetric):
     nearest neighbour; label ``(B, 1, H, W)`` int64 ids in ``0..K-1`` or ``IGNORE_INDEX``.
     ``IoU_c = TP / (TP + FP + FN)`` over the whole data set; a class that is neither labelled nor
     predicted has no IoU and ``miou`` is the mean over the others (nanmean).
+
+    Args:
+        class_names: one name per class id (the task's ``class_names``); spaces become underscores
+            in the metric names.
+        ignore_index: the label id of unlabelled pixels.
     """
 
     label_channels = 1
     nearest_resize = True
 
-    def __init__(self, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, **kw) -> None:
+    def __init__(self, class_names: Sequence[str], ignore_index: int = IGNORE_INDEX, **kw) -> None:
         super().__init__(**kw)
+        self.ignore_index = int(ignore_index)
         if len(class_names) < 2:
             raise ValueError(f"class_names needs at least two classes, got {list(class_names)}")
         self.class_names = [str(c).replace(" ", "_") for c in class_names]
@@ -43,7 +45,7 @@ class SemanticMetrics(DenseMetric):
         return ["miou", "pixel_accuracy", *[f"iou_{c}" for c in self.class_names]]
 
     def config(self) -> dict:
-        return {"classes": list(self.class_names), "ignore_index": IGNORE_INDEX}
+        return {"classes": list(self.class_names), "ignore_index": self.ignore_index}
 
     def _prepare_prediction(self, prediction: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if prediction.shape[1] > 1:
@@ -52,13 +54,13 @@ class SemanticMetrics(DenseMetric):
 
     def _update_image(self, prediction: torch.Tensor, label: torch.Tensor, valid: torch.Tensor) -> bool:
         gt = label[0].long()
-        valid = valid & (gt != IGNORE_INDEX)
+        valid = valid & (gt != self.ignore_index)
         if not bool(valid.any()):
             return False
         gt, pred = gt[valid], prediction[0][valid]
         k = self.num_classes
         if bool((gt < 0).any() or (gt >= k).any()):
-            raise ValueError(f"semantic label ids must lie in 0..{k - 1} or be {IGNORE_INDEX}")
+            raise ValueError(f"semantic label ids must lie in 0..{k - 1} or be {self.ignore_index}")
         if bool((pred < 0).any() or (pred >= k).any()):
             raise ValueError(f"prediction ids must lie in 0..{k - 1}, got {pred.min()}..{pred.max()}")
         # Rows: ground truth, columns: prediction.

@@ -15,6 +15,11 @@ class AlbedoTask(Task):
     name = "albedo"
     prompt = "albedo"
     label_channels = 3
+    prediction_channels = 3
+    output_space = "linear albedo (B,3,H,W) in [0,1]"
+    metric_family = "intrinsic_image"
+    # Mid-grey: the scale alignment of the metrics then picks the best constant.
+    baseline_constant = (0.5, 0.5, 0.5)
     primary_metric = "si_rmse"
     higher_is_better = False
 

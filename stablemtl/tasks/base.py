@@ -14,6 +14,7 @@ Conventions shared by every task (all tensors are torch, float32 unless stated):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import ClassVar
 
 import numpy as np
@@ -25,21 +26,45 @@ IGNORE_INDEX = 255
 
 
 class Task(ABC):
-    """One dense-prediction task of the toolkit.
+    """One dense-prediction task of the toolkit, and the one home of its facts.
 
     Subclasses set the class attributes and implement ``encode``, ``decode`` and ``visualize``;
-    flips, latent masks and ``metrics`` have defaults.
+    flips, latent masks, the constant baseline and ``metrics`` have defaults. ``register_task`` checks
+    the required facts (``name``, ``prompt``, ``label_channels``, ``prediction_channels``,
+    ``output_space``, ``primary_metric``, ``higher_is_better``).
     """
 
     name: ClassVar[str]
     prompt: ClassVar[str]
     label_channels: ClassVar[int]
+    # dtype of a label tensor in a Sample: float32, or int64 class ids (stored as uint8 on disk).
+    label_dtype: ClassVar[torch.dtype] = torch.float32
+    # ``decode`` returns (B, prediction_channels, H, W) of prediction_dtype; an integer dtype marks
+    # a discrete task (class ids), which is resized by nearest neighbour and never interpolated.
+    prediction_channels: ClassVar[int]
+    prediction_dtype: ClassVar[torch.dtype] = torch.float32
+    # One line for model cards: the shape written "(B,C,H,W)" with C = prediction_channels, then
+    # dtype, range and meaning of the prediction.
+    output_space: str
+    # Discrete tasks: one name per class id, and the id of unlabelled pixels.
+    class_names: tuple[str, ...] = ()
+    ignore_index: int = IGNORE_INDEX
     needs_pair: ClassVar[bool] = False
     primary_metric: ClassVar[str]
     higher_is_better: ClassVar[bool]
+    # The evaluation accumulator family that scores the task ("depth", "semantic", ... registered in
+    # stablemtl.evaluation); None: the mean over images of ``metrics``.
+    metric_family: ClassVar[str | None] = None
+    # The trivial baseline: this value per prediction channel at every pixel (None: no baseline).
+    baseline_constant: ClassVar[tuple[float, ...] | None] = None
     # Sign applied to each label channel under a horizontal / vertical flip (e.g. -1 on u for flow).
     hflip_signs: ClassVar[tuple[float, ...] | None] = None
     vflip_signs: ClassVar[tuple[float, ...] | None] = None
+
+    @property
+    def is_discrete(self) -> bool:
+        """True when predictions are class ids (an integer ``prediction_dtype``)."""
+        return not self.prediction_dtype.is_floating_point
 
     @abstractmethod
     def encode(self, label: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,11 +89,23 @@ class Task(ABC):
         shape[-3] = len(signs)
         return flipped * torch.tensor(signs, dtype=flipped.dtype, device=flipped.device).view(shape)
 
+    def baseline_prediction(self, labels: Iterable[tuple[torch.Tensor, torch.Tensor]] = ()) -> torch.Tensor:
+        """The constant a trivial predictor outputs at every pixel: ``(prediction_channels,)`` tensor of
+        ``prediction_dtype``, the value every trained model must beat.
+
+        ``labels`` are ``(label (C, H, W), valid (H, W))`` pairs of the training set, for tasks whose best
+        constant depends on the data (semantic: the majority class); this default returns
+        ``baseline_constant`` without reading them. A task without a baseline raises ValueError.
+        """
+        if self.baseline_constant is None:
+            raise ValueError(f"task {self.name!r} defines no constant baseline (set baseline_constant)")
+        return torch.tensor(self.baseline_constant, dtype=self.prediction_dtype)
+
     def metrics(self, prediction: torch.Tensor, label: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
         """Per-image metrics of one unbatched ``prediction`` against ``label`` at the label's resolution.
 
-        The seven built-in tasks are scored by dataset-level accumulators in ``stablemtl.evaluation``;
-        a new task overrides this to be scored (its values are averaged over images there).
+        Used when ``metric_family`` is None (the built-in tasks name data-set accumulators of
+        ``stablemtl.evaluation`` instead); the evaluator averages the values over images.
         """
         raise NotImplementedError(f"task {self.name!r} defines no metrics")
 

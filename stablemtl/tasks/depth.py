@@ -48,6 +48,13 @@ class DepthTask(Task):
     name = "depth"
     prompt = "depth"
     label_channels = 1
+    prediction_channels = 1
+    output_space = (
+        "affine-invariant depth (B,1,H,W) in [0,1], 0 = near; align scale and shift before metric use"
+    )
+    metric_family = "depth"
+    # A constant map: least-squares alignment turns it into the mean depth of each image.
+    baseline_constant = (0.5,)
     primary_metric = "abs_rel"
     higher_is_better = False
 

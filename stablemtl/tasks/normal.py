@@ -19,6 +19,11 @@ class NormalTask(Task):
     name = "normal"
     prompt = "normal"
     label_channels = 3
+    prediction_channels = 3
+    output_space = "unit camera-space normals (B,3,H,W); +x image-left, +y up, +z towards the camera"
+    metric_family = "normal"
+    # Every surface facing the camera.
+    baseline_constant = (0.0, 0.0, 1.0)
     primary_metric = "mean_angular_error"
     higher_is_better = False
     hflip_signs = (-1.0, 1.0, 1.0)

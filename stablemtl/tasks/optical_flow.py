@@ -21,6 +21,10 @@ class OpticalFlowTask(Task):
     name = "optical_flow"
     prompt = "optical flow"
     label_channels = 2
+    prediction_channels = 2
+    output_space = "optical flow (B,2,H,W) per-axis normalised to [-1,1] (u right, v down); needs a pair"
+    metric_family = "optical_flow"
+    baseline_constant = (0.0, 0.0)  # no motion
     needs_pair = True
     primary_metric = "epe"
     higher_is_better = False

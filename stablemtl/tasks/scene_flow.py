@@ -22,6 +22,10 @@ class SceneFlowTask(Task):
     name = "scene_flow"
     prompt = "scene flow"
     label_channels = 3
+    prediction_channels = 3
+    output_space = "scene flow (B,3,H,W) per-axis normalised to [-1,1] (OpenCV camera axes); needs a pair"
+    metric_family = "scene_flow"
+    baseline_constant = (0.0, 0.0, 0.0)  # no motion
     needs_pair = True
     primary_metric = "epe3d"
     higher_is_better = False

@@ -6,6 +6,8 @@ between training and inference.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from PIL import Image
 
@@ -56,8 +58,12 @@ class SemanticTask(Task):
     name = "semantic"
     prompt = "semantic"
     label_channels = 1
+    label_dtype = torch.int64
+    prediction_channels = 1
+    prediction_dtype = torch.int64
     primary_metric = "miou"
     higher_is_better = True
+    metric_family = "semantic"
 
     def __init__(
         self,
@@ -80,7 +86,19 @@ class SemanticTask(Task):
         self.class_names = tuple(class_names)
         self.ignore_index = int(ignore_index)
         self.num_classes = len(colours)
+        self.output_space = "class ids (B,1,H,W) int64: " + ", ".join(
+            f"{i} {n}" for i, n in enumerate(self.class_names)
+        )
         self._colours = colours / 255.0 * 2.0 - 1.0  # [K,3] in [-1,1]
+
+    def baseline_prediction(self, labels: Iterable[tuple[torch.Tensor, torch.Tensor]] = ()) -> torch.Tensor:
+        """The majority class over the valid, labelled pixels of ``labels`` (class 0 without any): ``(1,)``
+        int64. ``labels`` are ``(label (1, H, W), valid (H, W))`` pairs, e.g. of the training set."""
+        counts = torch.zeros(self.num_classes, dtype=torch.long)
+        for label, valid in labels:
+            ids = label[0][valid.bool() & (label[0] != self.ignore_index)].long()
+            counts += torch.bincount(ids.flatten(), minlength=self.num_classes)[: self.num_classes]
+        return counts.argmax().view(1)
 
     def encode(self, label: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw each class id in its palette colour ``/255*2-1``; ignored and invalid pixels are -1 (black).

@@ -23,6 +23,11 @@ class ShadingTask(Task):
     name = "shading"
     prompt = "shading"
     label_channels = 1
+    prediction_channels = 1
+    output_space = "grey shading (B,1,H,W) in [0,1]"
+    metric_family = "intrinsic_image"
+    # Mid-grey: the scale alignment of the metrics then picks the best constant.
+    baseline_constant = (0.5,)
     primary_metric = "si_rmse"
     higher_is_better = False
 

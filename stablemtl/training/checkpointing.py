@@ -21,9 +21,10 @@ from pathlib import Path
 
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
+from safetensors import SafetensorError
 
 from stablemtl.data.sampler import TaskIsolatedSampler
-from stablemtl.training.extra_state import save_extra_state
+from stablemtl.training.extra_state import load_extra_state, save_extra_state
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,88 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     if match is None:
         raise ValueError(f"{path} is not named checkpoint-<step>")
     return int(match.group(1))
+
+
+def claim_output_dir(output_dir: str | os.PathLike, resuming: bool, overwrite: bool) -> None:
+    """Make ``output_dir`` this run's, refusing to mix two runs (main process only).
+
+    A folder holding checkpoints of another run is refused unless the run resumes from them, or
+    ``overwrite`` is set, which deletes them (their rotation and ``latest`` would otherwise mix with
+    the new run's). Other files in the folder are left alone.
+    """
+    root = Path(output_dir)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"output_dir {root} is a file, not a folder")
+    found = [p.name for _, p in list_checkpoints(root)]
+    if found and not resuming:
+        if not overwrite:
+            raise ValueError(
+                f"output_dir {root} already holds checkpoints of another run ({', '.join(found)}); "
+                "continue it with --resume_from_checkpoint latest, choose another --output_dir, or pass "
+                "--overwrite_output_dir to delete them and start afresh"
+            )
+        for name in found:
+            logger.warning("--overwrite_output_dir: deleting %s", root / name)
+            shutil.rmtree(root / name)
+    root.mkdir(parents=True, exist_ok=True)
+
+
+def load_checkpoint(
+    accelerator: Accelerator,
+    folder: Path,
+    sampler: TaskIsolatedSampler,
+    ema: EMAModel | None,
+    allow_inexact: bool = False,
+) -> None:
+    """Restore everything :func:`save_checkpoint` wrote, or fail naming the broken file.
+
+    accelerate only logs (at INFO) when a process's RNG state cannot be loaded, which silently breaks the
+    bit-exact resume: that is an error here unless ``allow_inexact``, then a warning.
+    """
+    rng_file = folder / f"random_states_{accelerator.process_index}.pkl"
+    notes = _RecordingHandler()
+    accelerate_logger = logging.getLogger("accelerate.checkpointing")
+    level = accelerate_logger.level
+    accelerate_logger.addHandler(notes)
+    accelerate_logger.setLevel(logging.INFO)
+    try:
+        accelerator.load_state(str(folder))
+        load_extra_state(folder, sampler, ema, accelerator.device)
+    except (SafetensorError, OSError, RuntimeError, EOFError) as error:
+        raise ValueError(
+            f"resume_from_checkpoint {folder}: a file is unreadable or truncated ({error}); resume from an "
+            f"earlier checkpoint instead: {_earlier(folder)}"
+        ) from error
+    finally:
+        accelerate_logger.removeHandler(notes)
+        accelerate_logger.setLevel(level)
+    if any("Could not load random states" in m for m in notes.messages):
+        message = (
+            f"resume_from_checkpoint {folder}: the RNG states ({rng_file.name}) could not be restored, so "
+            "the resumed run will not match an uninterrupted one"
+        )
+        if not allow_inexact:
+            raise ValueError(f"{message}; pass --allow_inexact_resume to continue anyway")
+        logger.warning(message)
+    if sampler.windows_done != checkpoint_step(folder):
+        raise ValueError(
+            f"{folder}: sampler position {sampler.windows_done} != step {checkpoint_step(folder)}"
+        )
+
+
+def _earlier(folder: Path) -> str:
+    step = checkpoint_step(folder)
+    earlier = [p.name for s, p in list_checkpoints(folder.parent) if s < step]
+    return f"--resume_from_checkpoint {earlier[-1]}" if earlier else "none is left (start a new run)"
+
+
+class _RecordingHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def remove_incomplete(output_dir: str | os.PathLike) -> None:

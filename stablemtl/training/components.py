@@ -20,13 +20,19 @@ def is_stablemtl_folder(base: str) -> bool:
     return (Path(base) / TASK_EMBEDDINGS_NAME).is_file()
 
 
-def load_pipeline(base: str, tasks: Sequence[str], revision: str | None = None) -> StableMTLPipeline:
+def load_pipeline(
+    base: str,
+    tasks: Sequence[str],
+    revision: str | None = None,
+    variant: str | None = None,
+    cache_dir: str | None = None,
+) -> StableMTLPipeline:
     """A pipeline knowing ``tasks``, built from ``base`` (an SD folder / Hub id, or a StableMTL folder).
 
     The VAE is frozen; the UNet is in training mode. The pipeline's UNet must have as many input channels
     as three VAE latents and cross-attention as wide as the task tokens.
     """
-    kwargs = {"revision": revision} if revision else {}
+    kwargs = {k: v for k, v in (("revision", revision), ("variant", variant), ("cache_dir", cache_dir)) if v}
     if is_stablemtl_folder(base):
         pipe = StableMTLPipeline.from_pretrained(base, **kwargs)
         missing = [t for t in tasks if t not in pipe.task_embeddings]

@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from stablemtl.data import collate_task_batch, load_source
+from stablemtl.data.augment import crop_sample
 from stablemtl.data.sampler import SourceInfo, TaskIsolatedSampler
 from stablemtl.tasks import task_names
 from stablemtl.training.config import TrainConfig
@@ -25,10 +27,19 @@ class KeyedSources(Dataset):
 
     The epoch goes to the source's ``set_epoch`` (when it has one), whose augmentation is a pure function
     of ``(seed, epoch, index)``: a key always gives the same sample, in any worker, after any resume.
+    With ``resolution`` every sample is cropped to a square of that side: at a random position drawn
+    from the same key (``random_crop``) or centred.
     """
 
-    def __init__(self, sources: Sequence[Dataset]):
+    def __init__(
+        self,
+        sources: Sequence[Dataset],
+        resolution: int | None = None,
+        random_crop: bool = False,
+        seed: int = 0,
+    ):
         self.sources = list(sources)
+        self.resolution, self.random_crop, self.seed = resolution, random_crop, seed
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.sources)
@@ -38,8 +49,26 @@ class KeyedSources(Dataset):
         dataset = self.sources[source]
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
-        # ``item`` applies the source's augmentation for this task (spec §3.2 augments per source and task).
-        return task, dataset.item(index, task) if hasattr(dataset, "item") else dataset[index]
+        # ``item`` applies the source's augmentation for this task (the paper augments per source and task).
+        sample = dataset.item(index, task) if hasattr(dataset, "item") else dataset[index]
+        if self.resolution is not None:
+            sample = self._crop(sample, key)
+        return task, sample
+
+    def _crop(self, sample: dict, key: tuple[str, int, int, int]) -> dict:
+        size = self.resolution
+        h, w = sample["image"].shape[-2:]
+        if h < size or w < size:
+            raise ValueError(
+                f"source {sample.get('source')!r} has {h}x{w} samples, smaller than resolution={size}"
+            )
+        if not self.random_crop:
+            return crop_sample(sample, (h - size) // 2, (w - size) // 2, size, size)
+        _, source, index, epoch = key
+        generator = torch.Generator().manual_seed(hash((self.seed, source, index, epoch)) & (2**63 - 1))
+        top = int(torch.randint(h - size + 1, (), generator=generator))
+        left = int(torch.randint(w - size + 1, (), generator=generator))
+        return crop_sample(sample, top, left, size, size)
 
 
 def collate_groups(items: Sequence[tuple[str, Mapping]]) -> list[dict]:
@@ -64,6 +93,9 @@ def resolve_tasks(requested: Sequence[str] | None, infos: Sequence[SourceInfo]) 
     labelled = {t for info in infos for t in info.tasks}
     if requested is None:
         return [t for t in task_names() if t in labelled]
+    unknown = [t for t in requested if t not in task_names()]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(task_names())}")
     missing = [t for t in requested if t not in labelled]
     if missing:
         raise ValueError(
@@ -99,8 +131,9 @@ def build_training_data(
         # Workers prefetch micro-batches before the loss that decides their task is known.
         logger.warning("task_sampling='adaptive' reads data in the main process (dataloader_num_workers=0)")
         workers = 0
+    keyed = KeyedSources(datasets, config.resolution, random_crop=config.augment, seed=config.seed)
     loader = DataLoader(
-        KeyedSources(datasets),
+        keyed,
         batch_sampler=sampler,
         collate_fn=collate_groups,
         num_workers=workers,

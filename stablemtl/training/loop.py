@@ -1,18 +1,15 @@
-"""The stage-1 training loop: accelerate does devices, DDP, mixed precision and accumulation.
+"""The one training loop behind every model: accelerate does devices, DDP, mixed precision, accumulation.
 
-One optimizer step = one gradient-accumulation window = one task (:mod:`stablemtl.data.sampler`).
-The loop reads top to bottom: set up accelerate, load the model and data, build the optimizer and the
-schedule, resume, then per step: accumulate the window, clip, step, report the task's loss to the
-sampler, log, checkpoint, validate. The final UNet is saved as a ``StableMTLPipeline`` folder.
+One optimizer step = one gradient-accumulation window = one task (:mod:`stablemtl.data.sampler`). A model
+plugs in as an :class:`~stablemtl.training.objectives.base.Objective`. The loop reads top to bottom: set
+up accelerate and the run folder, load the data, build the objective, the optimizer and the schedule,
+resume, then per step: accumulate the window, clip, step, report the task's loss to the sampler, log,
+checkpoint, validate; finally the objective saves its model folder (and the folder is pushed).
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,32 +18,38 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers import UNet2DConditionModel
+from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from stablemtl.data import load_source
-from stablemtl.pipelines.pipeline_stablemtl import StableMTLPipeline
+from stablemtl.hub import push_folder_to_hub
 from stablemtl.training.checkpointing import (
     checkpoint_step,
+    claim_output_dir,
+    load_checkpoint,
     remove_incomplete,
     resolve_resume,
     save_checkpoint,
 )
-from stablemtl.training.components import load_pipeline
 from stablemtl.training.config import TrainConfig
 from stablemtl.training.data import build_training_data
-from stablemtl.training.extra_state import load_extra_state
-from stablemtl.training.objective import StableMTLObjective
+from stablemtl.training.objectives.base import Objective
 from stablemtl.training.schedule import get_warmup_exponential_scheduler
 from stablemtl.training.step import micro_step
-from stablemtl.training.validation import run_validation, save_grid, validation_groups
+from stablemtl.training.validation import ValidationSet, run_validation
 
 logger = get_logger(__name__)
 
+# Builds the model's objective once the data has decided the task list and the training resolution
+# (``config.resolution``, else the largest side of the training samples).
+ObjectiveFactory = Callable[[list[str], TrainConfig, int], Objective]
 # Called on every rank after every micro-batch with (optimizer step index, the micro-batch's groups,
-# whether the optimizer stepped, the unwrapped UNet): tests use it to audit what each update consumed.
-MicroBatchHook = Callable[[int, list, bool, torch.nn.Module], None]
+# whether the optimizer stepped, the unwrapped trainable modules): tests audit what each update consumed.
+MicroBatchHook = Callable[[int, list, bool, dict], None]
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """The loss or the weights became NaN/inf: training stopped without saving the broken state."""
 
 
 def _make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
@@ -69,81 +72,72 @@ def _make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
     return cls(parameters, **kwargs)
 
 
-def _check_backends(config: TrainConfig, accelerator: Accelerator, unet: UNet2DConditionModel) -> None:
+def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
+    total = config.lr_total_steps or config.max_train_steps
+    if config.lr_scheduler == "exponential":
+        return get_warmup_exponential_scheduler(
+            optimizer, config.lr_warmup_steps, total, config.lr_final_ratio
+        )
+    return get_scheduler(
+        config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=total
+    )
+
+
+def _check_backends(config: TrainConfig, accelerator: Accelerator, modules: dict) -> None:
     if config.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if config.enable_xformers_memory_efficient_attention:
-        if accelerator.device.type != "cuda":
-            raise ValueError(
-                "--enable_xformers_memory_efficient_attention needs a CUDA device (xformers has no CPU/MPS "
-                f"kernels); this run is on {accelerator.device.type}, where PyTorch SDPA is used anyway"
-            )
-        from diffusers.utils.import_utils import is_xformers_available
+    for module in modules.values():
+        if config.enable_xformers_memory_efficient_attention:
+            if accelerator.device.type != "cuda":
+                raise ValueError(
+                    "--enable_xformers_memory_efficient_attention needs a CUDA device (xformers has no "
+                    f"CPU/MPS kernels); this run is on {accelerator.device.type}, where SDPA is used anyway"
+                )
+            from diffusers.utils.import_utils import is_xformers_available
 
-        if not is_xformers_available():
-            raise ValueError("xformers is not installed: pip install xformers (or 'stablemtl[xformers]')")
-        unet.enable_xformers_memory_efficient_attention()
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
+            if not is_xformers_available():
+                raise ValueError("xformers is not installed: pip install xformers (or 'stablemtl[xformers]')")
+            if hasattr(module, "enable_xformers_memory_efficient_attention"):
+                module.enable_xformers_memory_efficient_attention()
+        if config.gradient_checkpointing and hasattr(module, "enable_gradient_checkpointing"):
+            module.enable_gradient_checkpointing()
+
+
+def _has_accelerator() -> bool:
+    if hasattr(torch, "accelerator"):  # torch >= 2.6: CUDA, MPS, XPU, ...
+        return torch.accelerator.is_available()
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
 
 
 def _weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
 
-def validation_sources(config: TrainConfig) -> list:
-    """The validation sources, unaugmented: ``validation_data``, else the training folders."""
-    folders = config.validation_data or config.train_data
-    return [load_source(path, augment=False, seed=config.seed) for path in folders]
+def _parameters(modules: dict[str, torch.nn.Module]) -> list[torch.nn.Parameter]:
+    return [p for m in modules.values() for p in m.parameters() if p.requires_grad]
 
 
-def save_final_pipeline(
-    pipe: StableMTLPipeline, unet: UNet2DConditionModel, output_dir: str | os.PathLike, config: TrainConfig
+def _first_non_finite(modules: dict[str, torch.nn.Module]) -> str | None:
+    for module_name, module in modules.items():
+        for name, parameter in module.named_parameters():
+            if not torch.isfinite(parameter).all():
+                return f"{module_name}.{name}"
+    return None
+
+
+def train(
+    config: TrainConfig, objective_factory: ObjectiveFactory, on_micro_batch: MicroBatchHook | None = None
 ) -> Path:
-    """Save ``pipe`` with the trained ``unet`` as a pipeline folder in ``output_dir``.
+    """Train the model of ``objective_factory`` as ``config`` says; return the output folder.
 
-    The pipeline writes itself atomically into a hidden sibling; its entries are then moved into
-    ``output_dir`` (which also holds checkpoints and logs), ``model_index.json`` last, so the folder
-    loads only once it is complete. The VAE is saved as ``pipe`` holds it: keep it in float32 (training
-    encodes with its own low-precision copy) so that the saved VAE is the base's, bit for bit.
-    """
-    output_dir = Path(output_dir)
-    pipe.register_modules(unet=unet)
-    if pipe.vae.dtype != torch.float32:
-        pipe.vae.to(dtype=torch.float32)
-    pipe.set_training_info(
-        tasks={"names": list(config.tasks or pipe.tasks)},
-        train_data={"folders": [str(p) for p in config.train_data]},
-        max_train_steps=config.max_train_steps,
-        effective_batch_size=config.train_batch_size * config.gradient_accumulation_steps,
-        task_sampling=config.task_sampling,
-        task_grouping=config.task_grouping,
-    )
-    tmp = output_dir / ".tmp-pipeline"
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    # A previous pipeline's index would make a half-replaced folder look complete; the new one comes last.
-    (output_dir / "model_index.json").unlink(missing_ok=True)
-    for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):
-        target = output_dir / entry.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(entry, target)
-    tmp.rmdir()
-    (output_dir / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    return output_dir
-
-
-def train(config: TrainConfig, on_micro_batch: MicroBatchHook | None = None) -> Path:
-    """Run stage-1 training as ``config`` says; return the output folder holding the final pipeline.
-
-    Works in-process (tests, the demo) and under ``accelerate launch`` / ``torchrun`` (every rank
-    calls it). ``on_micro_batch`` observes what each micro-batch held (tests use it).
+    Works in-process (tests, the demo) and under ``accelerate launch`` / ``torchrun`` (every rank calls it).
+    ``on_micro_batch`` observes what each micro-batch held (tests use it).
     """
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
+        # None defers to `accelerate launch --mixed_precision` / the accelerate config file.
         mixed_precision=config.mixed_precision,
         log_with=None if config.report_to == "none" else config.report_to,
         project_config=ProjectConfiguration(
@@ -151,66 +145,49 @@ def train(config: TrainConfig, on_micro_batch: MicroBatchHook | None = None) -> 
         ),
         # The schedule counts optimizer steps: it is stepped by hand once per window, on every rank.
         step_scheduler_with_optimizer=False,
-        cpu=not torch.cuda.is_available(),
+        # accelerate picks CUDA/MPS/XPU/... itself; only without any accelerator must it be told "cpu",
+        # or `torchrun --nproc_per_node N` on CPUs runs N unconnected copies instead of DDP over gloo.
+        cpu=not _has_accelerator(),
     )
     logger.info(accelerator.state, main_process_only=False)
     set_seed(config.seed)
+    resume = resolve_resume(config.resume_from_checkpoint, output_dir)
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        claim_output_dir(output_dir, resuming=resume is not None, overwrite=config.overwrite_output_dir)
         remove_incomplete(output_dir)
     accelerator.wait_for_everyone()
 
     # 1. data and model
-    sampler, loader, _ = build_training_data(config, accelerator.process_index, accelerator.num_processes)
+    sampler, loader, sources = build_training_data(
+        config, accelerator.process_index, accelerator.num_processes
+    )
     tasks = sampler.tasks
-    pipe = load_pipeline(config.resolve_base(), tasks, revision=config.revision)
-    # The saved pipeline must infer as the objective trains.
-    pipe.register_to_config(timestep=config.timestep, second_frame=config.second_frame)
-    unet = pipe.unet
-    _check_backends(config, accelerator, unet)
+    resolution = config.resolution or max(max(source[0]["image"].shape[-2:]) for source in sources)
+    objective = objective_factory(list(tasks), config, int(resolution))
+    modules = objective.trainable_modules()
+    _check_backends(config, accelerator, modules)
     weight_dtype = _weight_dtype(accelerator.mixed_precision)
-    # Under mixed precision the objective encodes with a low-precision copy: casting pipe.vae in place
-    # would round the frozen weights that the final pipeline saves.
-    vae = pipe.vae if weight_dtype == pipe.vae.dtype else copy.deepcopy(pipe.vae).to(dtype=weight_dtype)
-    vae.to(accelerator.device)
-    objective = StableMTLObjective(vae, pipe.task_embeddings, config.timestep, config.second_frame)
+    objective.setup(accelerator.device, weight_dtype)
 
     # 2. optimisation
-    optimizer = _make_optimizer(config, unet.parameters())
-    lr_scheduler = get_warmup_exponential_scheduler(
-        optimizer,
-        config.lr_warmup_steps,
-        config.lr_total_steps or config.max_train_steps,
-        config.lr_final_ratio,
-    )
-    ema = None
-    if config.use_ema:
-        ema = EMAModel(
-            unet.parameters(),
-            decay=config.ema_decay,
-            model_cls=UNet2DConditionModel,
-            model_config=unet.config,
-        )
+    optimizer = _make_optimizer(config, _parameters(modules))
+    lr_scheduler = _make_scheduler(config, optimizer)
+    ema = EMAModel(_parameters(modules), decay=config.ema_decay) if config.use_ema else None
+    if ema is not None:
         ema.to(accelerator.device)
     # The sampler and EMA are saved by save_checkpoint as safetensors, not registered (which pickles).
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    prepared = accelerator.prepare(*modules.values(), optimizer, lr_scheduler)
+    modules = dict(zip(modules, prepared[: len(modules)]))
+    optimizer, lr_scheduler = prepared[len(modules) :]
 
     # 3. resume
     global_step = 0
-    resume = resolve_resume(config.resume_from_checkpoint, output_dir)
     if resume is not None:
-        accelerator.load_state(str(resume))
-        load_extra_state(resume, sampler, ema, accelerator.device)
+        load_checkpoint(accelerator, resume, sampler, ema, allow_inexact=config.allow_inexact_resume)
         global_step = checkpoint_step(resume)
-        if sampler.windows_done != global_step:
-            raise ValueError(f"{resume}: sampler position {sampler.windows_done} != step {global_step}")
         logger.info("resumed from %s at step %d", resume, global_step)
 
-    val_groups = (
-        validation_groups(validation_sources(config), tasks, config.num_validation_images)
-        if accelerator.is_main_process
-        else []
-    )
+    validation = ValidationSet.build(config, tasks) if accelerator.is_main_process else None
     if accelerator.is_main_process:
         tracker_config = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers(config.tracker_project_name, config=tracker_config)
@@ -233,6 +210,8 @@ def train(config: TrainConfig, on_micro_batch: MicroBatchHook | None = None) -> 
         desc="steps",
         disable=not accelerator.is_local_main_process,
     )
+    last_saved = None if resume is None else resume.name
+    unlabelled: dict[str, int] = {}  # task -> micro-batches without a single valid label pixel
 
     # 4. the loop: one window of micro-batches per optimizer step
     batches = iter(loader)
@@ -244,28 +223,32 @@ def train(config: TrainConfig, on_micro_batch: MicroBatchHook | None = None) -> 
         for _ in range(config.gradient_accumulation_steps):
             groups = next(batches)
             window_tasks.update(g["task"] for g in groups)
-            loss, norm = micro_step(
-                accelerator, unet, objective, optimizer, groups, config.max_grad_norm, weight_dtype
-            )
+            _warn_unlabelled(groups, unlabelled)
+            loss, norm = micro_step(accelerator, modules, objective, optimizer, groups, config.max_grad_norm)
             grad_norm = norm if norm is not None else grad_norm
             window_loss += loss / config.gradient_accumulation_steps
             if on_micro_batch is not None:
-                on_micro_batch(
-                    global_step, groups, accelerator.sync_gradients, accelerator.unwrap_model(unet)
-                )
+                unwrapped = {name: accelerator.unwrap_model(m) for name, m in modules.items()}
+                on_micro_batch(global_step, groups, accelerator.sync_gradients, unwrapped)
         if not accelerator.sync_gradients:
             raise RuntimeError("an accumulation window ended without an optimizer step")
         if config.task_grouping == "isolated" and len(window_tasks) != 1:
             raise RuntimeError(f"an accumulation window mixed tasks {sorted(window_tasks)}")
         lr_scheduler.step()
         if ema is not None:
-            ema.step(unet.parameters())
+            ema.step(_parameters(modules))
         global_step += 1
         progress.update(1)
 
         # Every rank reports the same (averaged) loss, so adaptive task sampling stays in lockstep.
         mean_loss = accelerator.reduce(window_loss, reduction="mean").item()
         task = next(iter(window_tasks)) if config.task_grouping == "isolated" else None
+        if not math.isfinite(mean_loss):
+            raise NonFiniteTrainingError(
+                f"the loss of step {global_step} (task {task or 'joint'}) is {mean_loss}: training stopped "
+                f"without saving; the last good checkpoint is {last_saved or 'none (no checkpoint yet)'}. "
+                "Lower --learning_rate or --max_grad_norm, or check the labels, then resume from it."
+            )
         sampler.report(task, mean_loss)
         elapsed = time.perf_counter() - start
         logs = {
@@ -275,53 +258,82 @@ def train(config: TrainConfig, on_micro_batch: MicroBatchHook | None = None) -> 
         }
         if grad_norm is not None:
             logs["grad_norm"] = float(grad_norm)
-        if not math.isfinite(mean_loss):
-            logger.warning("non-finite loss %s at step %d (task %s)", mean_loss, global_step, task)
         accelerator.log(logs, step=global_step)
         progress.set_postfix(task=task or "joint", loss=f"{mean_loss:.4f}")
 
         if global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps:
-            save_checkpoint(
+            bad = _first_non_finite(modules)
+            if bad is not None:
+                raise NonFiniteTrainingError(
+                    f"weight {bad} is not finite after step {global_step} (task {task or 'joint'}): "
+                    f"nothing was saved; the last good checkpoint is {last_saved or 'none'}"
+                )
+            saved = save_checkpoint(
                 accelerator, output_dir, global_step, config.checkpoints_total_limit, sampler=sampler, ema=ema
             )
+            last_saved = saved.name
         if global_step % config.validation_steps == 0:
-            if accelerator.is_main_process and val_groups:
-                _validate(
-                    accelerator, objective, unet, ema, val_groups, weight_dtype, output_dir, global_step
-                )
+            if accelerator.is_main_process and validation:
+                _validate(accelerator, objective, modules, ema, validation, output_dir, global_step)
             accelerator.wait_for_everyone()
 
     # 5. the final model
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        final_unet = accelerator.unwrap_model(unet)
+        final = {name: accelerator.unwrap_model(m) for name, m in modules.items()}
         if ema is not None:
-            ema.copy_to(final_unet.parameters())
-        save_final_pipeline(pipe, final_unet, output_dir, config)
+            ema.copy_to(_parameters(final))
+        objective.save_model(final, output_dir)
+        (output_dir / "training_config.json").write_text(config.to_json())
         if config.push_to_hub:
-            pipe.push_to_hub(config.hub_model_id, commit_message="StableMTL stage-1 training")
+            push_folder_to_hub(
+                output_dir,
+                config.hub_model_id,
+                commit_message="stablemtl training",
+                ignore_patterns=["checkpoint-*", ".tmp*", f"{config.logging_dir}/*", "validation/*"],
+            )
     accelerator.end_training()
     return output_dir
 
 
-def _validate(accelerator, objective, unet, ema, groups, dtype, output_dir: Path, step: int) -> None:
-    model = accelerator.unwrap_model(unet)
+def _warn_unlabelled(groups: list[dict], counts: dict[str, int]) -> None:
+    """Warn (at 1, 10, 100, ... occurrences per task) about groups with no valid label pixel: they train
+    at loss 0 and teach nothing, which usually means NaN or masked-out labels in a source."""
+    for group in groups:
+        if not group["valid"].any():
+            task = group["task"]
+            counts[task] = counts.get(task, 0) + 1
+            if math.log10(counts[task]).is_integer():
+                logger.warning(
+                    "%d micro-batch(es) of task %s (sources %s) had no valid label pixel: they contribute no "
+                    "gradient; check that source's labels for NaNs or empty masks",
+                    counts[task],
+                    task,
+                    sorted(set(group["source"])),
+                )
+
+
+def _validate(accelerator, objective, modules, ema, validation, output_dir: Path, step: int) -> None:
+    unwrapped = {name: accelerator.unwrap_model(m) for name, m in modules.items()}
+    parameters = _parameters(unwrapped)
     if ema is not None:
-        ema.store(model.parameters())
-        ema.copy_to(model.parameters())
-    model.eval()
+        ema.store(parameters)
+        ema.copy_to(parameters)
+    for module in unwrapped.values():
+        module.eval()
     try:
         with accelerator.autocast():
-            losses, grid = run_validation(objective, model, groups, dtype=dtype)
+            losses, grid = run_validation(objective, unwrapped, validation)
     finally:
-        model.train()
+        for module in unwrapped.values():
+            module.train()
         if ema is not None:
-            ema.restore(model.parameters())
-    path = save_grid(grid, output_dir, step)
+            ema.restore(parameters)
+    path = validation.save_grid(grid, output_dir, step)
     accelerator.log({f"val_loss/{task}": value for task, value in losses.items()}, step=step)
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             import numpy as np
 
             tracker.writer.add_image("validation", np.asarray(grid), step, dataformats="HWC")
-    logger.info("validation at step %d: %s (grid %s)", step, losses, path)
+    logger.info("validation (%s) at step %d: %s (grid %s)", validation.origin, step, losses, path)

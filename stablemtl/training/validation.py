@@ -1,4 +1,4 @@
-"""Validation during training: the latent loss per task and a PNG grid of predictions.
+"""Validation during training: each task's loss and a PNG grid of predictions, for any objective.
 
 Each row of the grid is one task; each image contributes three tiles: the input frame, the label and
 the prediction, both drawn by ``Task.visualize`` (the label after the ``encode``/``decode`` round trip,
@@ -8,20 +8,21 @@ so that it is in the prediction's space, e.g. affine-normalised depth).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.utils import make_image_grid
 from PIL import Image
 from torch.utils.data import Dataset
 
-from stablemtl.data import collate_task_batch
+from stablemtl.data import collate_task_batch, load_source
 from stablemtl.tasks import get_task
-from stablemtl.training.loss import masked_latent_mse
-from stablemtl.training.objective import StableMTLObjective
+from stablemtl.tasks.base import to_pil_rgb
+from stablemtl.training.config import TrainConfig
+from stablemtl.training.objectives.base import Objective
+from stablemtl.utils.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -39,55 +40,58 @@ def validation_groups(datasets: Sequence[Dataset], tasks: Sequence[str], num_ima
     return groups
 
 
-def _to_pil(image: torch.Tensor) -> Image.Image:
-    """``(3,H,W)`` in [0, 1] -> PIL RGB."""
-    array = (image.clamp(0, 1).permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8)
-    return Image.fromarray(array)
+@dataclass
+class ValidationSet:
+    """The validation groups and where they come from (``origin``, said in the log)."""
 
+    groups: list[dict]
+    origin: str
 
-@torch.no_grad()
-def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
-    """``(B,4,h,w)`` latents -> ``(B,3,8h,8w)`` images clipped to [-1, 1] (spec §1.1 decoding)."""
-    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-    return images.float().clamp(-1, 1)
+    @classmethod
+    def build(cls, config: TrainConfig, tasks: Sequence[str]) -> ValidationSet:
+        """``validation_data`` unaugmented, else the first rows of the training folders (in-sample)."""
+        folders = config.validation_data or config.train_data
+        origin = "held-out validation_data" if config.validation_data else "training rows, in-sample"
+        sources = [load_source(path, augment=False, seed=config.seed) for path in folders]
+        return cls(validation_groups(sources, tasks, config.num_validation_images), origin)
+
+    def __bool__(self) -> bool:
+        return bool(self.groups)
+
+    @staticmethod
+    def save_grid(grid: Image.Image, output_dir: str | Path, step: int) -> Path:
+        """Write ``validation/step-<step>.png`` under ``output_dir`` atomically; return its path."""
+        path = Path(output_dir) / "validation" / f"step-{step:07d}.png"
+        with atomic_path(path) as tmp:
+            grid.save(tmp, format="PNG")
+        return path
 
 
 @torch.no_grad()
 def run_validation(
-    objective: StableMTLObjective,
-    unet: UNet2DConditionModel,
-    groups: Sequence[dict],
-    dtype: torch.dtype | None = None,
+    objective: Objective, modules: Mapping[str, torch.nn.Module], validation: ValidationSet
 ) -> tuple[dict[str, float], Image.Image]:
-    """Predict every validation group; return ``({task: latent MSE}, grid image)``."""
-    losses, tiles, cols = {}, [], 0
-    for group in groups:
+    """Score and predict every validation group; return ``({task: loss}, grid image)``."""
+    losses, tiles = {}, []
+    for group in validation.groups:
         task = get_task(group["task"])
-        batch = objective.prepare([group], dtype=dtype)
-        prediction = objective.predict(unet, batch)
-        losses[task.name] = float(masked_latent_mse(prediction, batch.target, batch.mask))
-        predicted = task.decode(decode_latents(objective.vae, prediction))
+        losses[task.name] = float(objective.loss(modules, [group]))
+        predicted = objective.predict(modules, group["image"], group.get("next_image"), [task.name])
         label_image, _ = task.encode(group["label"], group["valid"])
         label = task.decode(label_image)
         row = []
-        for i in range(predicted.shape[0]):
-            image, truth, guess = group["image"][i], label[i].cpu(), predicted[i].cpu()
-            row += [_to_pil(image), task.visualize(truth), task.visualize(guess)]
-        cols = max(cols, len(row))
+        for i in range(label.shape[0]):
+            truth, guess = label[i].cpu(), predicted[task.name][i].float().cpu()
+            row += [
+                to_pil_rgb(group["image"][i].permute(1, 2, 0)),
+                task.visualize(truth),
+                task.visualize(guess),
+            ]
         tiles.append(row)
+    cols = max(len(row) for row in tiles)
     size = tiles[0][0].size
     flat = []
     for row in tiles:
         row = [t.convert("RGB").resize(size, Image.NEAREST) for t in row]
         flat += row + [Image.new("RGB", size)] * (cols - len(row))
     return losses, make_image_grid(flat, rows=len(tiles), cols=cols)
-
-
-def save_grid(grid: Image.Image, output_dir: str | Path, step: int) -> Path:
-    """Write ``validation/step-<step>.png`` under ``output_dir`` and return its path."""
-    path = Path(output_dir) / "validation" / f"step-{step:07d}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    grid.save(tmp)
-    tmp.replace(path)
-    return path

@@ -33,10 +33,12 @@ from stablemtl.data.synthetic.primitives import Shapes, local_normal, nearest_hi
 from stablemtl.data.synthetic.scene import Scene
 from stablemtl.data.synthetic.select import select
 from stablemtl.data.synthetic.textures import albedo as texture_albedo
+from stablemtl.tasks import get_task
 
 TONEMAP_GAMMA = 2.2
+# The tasks this renderer draws labels for (a capability of the renderer, not of the task registry).
 ALL_TASKS = ("albedo", "shading", "depth", "normal", "semantic", "optical_flow", "scene_flow")
-PAIR_TASKS = ("optical_flow", "scene_flow")
+PAIR_TASKS = tuple(t for t in ALL_TASKS if get_task(t).needs_pair)
 # Rotated-grid sub-pixel offsets (u, v) for anti-aliasing.
 AA_OFFSETS = ((0.125, 0.375), (0.375, -0.125), (-0.125, -0.375), (-0.375, 0.125))
 OCCLUSION_TOLERANCE = 1e-3  # relative distance by which an occluder must be nearer than the point

@@ -16,9 +16,14 @@ from stablemtl.data.synthetic.sampling import (
     uniform,
 )
 from stablemtl.data.synthetic.scene import Scene, SceneBuilder, rotation
+from stablemtl.tasks import get_task
 from stablemtl.tasks.base import IGNORE_INDEX
 
-ROAD, BUILDING, POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN, VEGETATION, SKY, VEHICLE = range(8)
+# Class ids as the semantic task names them (its class_names are the one list of classes).
+ROAD, BUILDING, POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN, VEGETATION, SKY, VEHICLE = (
+    get_task("semantic").class_names.index(name)
+    for name in ("road", "building", "pole", "traffic light", "traffic sign", "vegetation", "sky", "vehicle")
+)
 ROAD_HALF_WIDTH = 4.0
 FAR = 90.0  # scene extent along the road (metres)
 
