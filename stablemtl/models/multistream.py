@@ -96,6 +96,18 @@ class MultiStreamUNet(torch.nn.Module):
         self.capture.install(self.aux_unet)
         install_task_attention(self.unet, self.task_attention, self.state)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the main UNet's blocks in the backward pass (the auxiliary one runs without grad)."""
+        self.unet.enable_gradient_checkpointing()
+
+    def enable_xformers_memory_efficient_attention(self) -> None:
+        """xformers in both UNets: diffusers' switch replaces every processor, then ours are reinstalled
+        (capture keeps the xformers processor inside; injection uses xformers itself on CUDA)."""
+        self.unet.enable_xformers_memory_efficient_attention()
+        self.aux_unet.enable_xformers_memory_efficient_attention()
+        self.state.use_xformers = True
+        self.install_processors()
+
     def aux_tasks_for(self, tasks: Sequence[str]) -> list[str]:
         """Auxiliary tasks any of ``tasks`` attends to, in the model's task order."""
         needed = set()
