@@ -102,20 +102,21 @@ def test_training_steps_lower_the_loss_and_move_away_from_stage1(stage1, tmp_pat
     torch.testing.assert_close(prediction, ours, atol=1e-3, rtol=1e-3)
 
 
-def test_masking_is_reproducible_from_the_global_seed(stage1):
+def test_masking_draws_follow_the_seed_and_the_batch(stage1):
     ms = objective(stage1, task_masking="random", task_masking_ratio=1.0)
     with torch.no_grad():
         for p in ms.model.task_attention.parameters():
             p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
-    groups = [group("depth")]
 
-    def run(seed):
-        torch.manual_seed(seed)
-        return ms.loss(ms.trainable_modules(), groups).item()
+    def run(seed, batch_seed=0):
+        ms.seed = seed
+        return ms.loss(ms.trainable_modules(), [group("depth", seed=batch_seed)]).item()
 
-    assert run(0) == run(0)
-    values = {run(seed) for seed in range(6)}
-    assert len(values) > 1  # different seeds hide different tasks
+    assert run(0) == run(0)  # nothing else (e.g. the global RNG) matters
+    assert len({run(seed) for seed in range(6)}) > 1  # different run seeds hide different tasks
+    assert len({run(0, batch) - run(0, batch) for batch in range(2)}) == 1
+    with torch.no_grad():
+        assert ms.masking([group("depth")]) is None  # no masking in evaluation
 
 
 def test_settings_parse_beside_the_train_config():

@@ -7,12 +7,13 @@ auxiliary tasks and one main UNet call (``MultiStreamUNet``) predict the target 
 latent MSE of stage 1. Trainable: the main UNet and the task attention (``train_only_task_attention``:
 the task attention alone); frozen: the auxiliary (stage-1) UNet and the VAE.
 
-Task masking draws come from a generator seeded, per micro-batch, from the global torch RNG, which the loop
-seeds and accelerate saves in every checkpoint, so a resumed run masks the same tasks.
+Task masking draws come from a generator seeded, per micro-batch, from the run's seed and the micro-batch's
+pixels, so a resumed run masks the same tasks as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,7 @@ class MultiStreamObjective(StableMTLObjective):
     ):
         super().__init__(pipe, training_info)
         self.config = config or MultiStreamConfig()
+        self.seed = int(self.info.get("seed", 0))
         self.model = pipe.multistream
         if self.config.train_only_task_attention:
             self.model.unet.requires_grad_(False)
@@ -93,16 +95,22 @@ class MultiStreamObjective(StableMTLObjective):
         super().setup(device, weight_dtype)
         self.model.aux_unet.to(device=device, dtype=weight_dtype)
 
-    def masking(self) -> TaskMasking | None:
-        """This micro-batch's masking, or None (mode none, or evaluation without gradients)."""
+    def masking(self, groups: Sequence[Mapping]) -> TaskMasking | None:
+        """This micro-batch's masking, or None (mode none, or evaluation without gradients).
+
+        The generator is seeded from the run's seed and the micro-batch's pixels: the sampler makes the data
+        of every step exactly reproducible (also across a resume), so the masking draws are too, without a
+        random state of their own to checkpoint."""
         if self.config.task_masking == "none" or not torch.is_grad_enabled():
             return None
-        seed = int(torch.randint(0, 2**62, (1,)))  # from the global RNG the loop seeds and checkpoints
+        digest = hashlib.blake2b(str(self.seed).encode(), digest_size=8)
+        for group in groups:
+            digest.update(group["image"].detach().cpu().contiguous().numpy().tobytes())
         return TaskMasking(
             self.config.task_masking_ratio,
             self.config.task_masking,
             per_batch=self.config.task_masking_per_batch,
-            generator=torch.Generator().manual_seed(seed),
+            generator=torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") >> 1),
         )
 
     def stream_inputs(
@@ -122,7 +130,7 @@ class MultiStreamObjective(StableMTLObjective):
 
     def loss(self, modules: Mapping[str, torch.nn.Module], groups: Sequence[Mapping]) -> torch.Tensor:
         model = modules["multistream"]
-        masking = self.masking()
+        masking = self.masking(groups)
         predictions, targets, masks = [], [], []
         for group in groups:  # one under task isolation
             batch = self.prepare([group])
