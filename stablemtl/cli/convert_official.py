@@ -157,18 +157,24 @@ def _load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], wha
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stablemtl-convert", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="stablemtl-convert",
+        description="Convert the official StableMTL stage-1/stage-2 checkpoints into stablemtl folders.",
+    )
     p.add_argument(
         "--base", required=True, help="Stable Diffusion folder or Hub id (architecture, VAE, text encoder)"
     )
     p.add_argument(
-        "--stage1", required=True, help="official single-stream UNet weights (.pth/.bin/.safetensors)"
+        "--stage1", required=True, help="official single-stream UNet weights (.pth, .bin or .safetensors)"
     )
     p.add_argument("--stage2", help="official multi-stream UNet weights with the task-attention modules")
-    p.add_argument("--tasks", nargs="+", default=list(OFFICIAL_TASKS), help="task names, official order")
-    p.add_argument("--layers", default="all", choices=LAYER_CHOICES, help="blocks with task attention")
-    p.add_argument("--n_heads", type=int, default=4, help="heads of the task attention (official: 4)")
-    p.add_argument("--output_dir", required=True)
+    tasks = list(OFFICIAL_TASKS)
+    p.add_argument("--tasks", nargs="+", default=tasks, help=f"task names, official order (default: {tasks})")
+    p.add_argument(
+        "--layers", default="all", choices=LAYER_CHOICES, help="blocks with task attention (default: all)"
+    )
+    p.add_argument("--n_heads", type=int, default=4, help="heads of the task attention (default: 4)")
+    p.add_argument("--output_dir", required=True, help="folder for stage1/ and stage2/")
     return p
 
 
