@@ -181,7 +181,9 @@ class StableMTLMultiStreamPipeline(pipeline_stablemtl.StableMTLPipeline):
         aux_unet = stage1.unet
         task_attention = TaskAttention.from_unet(
             aux_unet, tasks, layers=layers, n_heads=n_heads, query_hidden_dim=query_hidden_dim, fusion=fusion
-        ).to(device=aux_unet.device, dtype=aux_unet.dtype)
+        ).to(aux_unet.device)
+        if aux_unet.dtype != task_attention.dtype:
+            task_attention.to(dtype=aux_unet.dtype)
         config = stage1.config
         return cls(
             unet=copy.deepcopy(aux_unet).requires_grad_(True),  # the trainable stream
@@ -211,11 +213,11 @@ class StableMTLMultiStreamPipeline(pipeline_stablemtl.StableMTLPipeline):
             hub_kwargs = {
                 k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs
             }
+            if "torch_dtype" in kwargs:
+                hub_kwargs["torch_dtype"] = kwargs["torch_dtype"]
             kwargs["task_attention"] = TaskAttention.from_pretrained(
                 pretrained_model_name_or_path, subfolder="task_attention", **hub_kwargs
             )
-            if "torch_dtype" in kwargs:
-                kwargs["task_attention"].to(kwargs["torch_dtype"])
         with _module_alias(TASK_ATTENTION_ENTRY[0], task_attention_module):
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 

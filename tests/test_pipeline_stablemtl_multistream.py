@@ -136,3 +136,14 @@ def test_bad_arguments(stage1):
         StableMTLMultiStreamPipeline.from_stage1(stage1, tasks=["depth", "albedo"])
     with pytest.raises(ValueError, match="capture_point"):
         multistream(stage1, capture_point="afterSelfAttn_residual")
+
+
+def test_the_evaluation_cli_loads_it_by_the_class_it_saved(stage1, tmp_path):
+    from stablemtl.cli.evaluate import load_predictor
+
+    multistream(stage1).save_pretrained(tmp_path / "ms")
+    predictor = load_predictor(str(tmp_path / "ms"), device="cpu", dtype="bf16")
+    assert type(predictor) is StableMTLMultiStreamPipeline
+    assert predictor.task_attention.dtype == torch.bfloat16 and predictor.aux_unet.dtype == torch.bfloat16
+    out = predictor.predict(frames(1), None, ["depth", "normal"])
+    assert out["depth"].shape == (1, 1, 32, 40) and torch.isfinite(out["normal"].float()).all()
