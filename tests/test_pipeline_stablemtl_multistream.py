@@ -147,3 +147,15 @@ def test_the_evaluation_cli_loads_it_by_the_class_it_saved(stage1, tmp_path):
     assert predictor.task_attention.dtype == torch.bfloat16 and predictor.aux_unet.dtype == torch.bfloat16
     out = predictor.predict(frames(1), None, ["depth", "normal"])
     assert out["depth"].shape == (1, 1, 32, 40) and torch.isfinite(out["normal"].float()).all()
+
+
+def test_model_cpu_offload_hooks_both_unets_and_keeps_the_task_attention_placed(stage1):
+    pipe = multistream(stage1)
+    randomize(pipe.task_attention)
+    image = frames(1)
+    expected = pipe(image, tasks=["depth"], output_type="pt").depth
+    # On this CPU-only machine the "accelerator" is the CPU itself: the hooks still run and chain.
+    pipe.enable_model_cpu_offload(device="cpu")
+    assert hasattr(pipe.unet, "_hf_hook") and hasattr(pipe.aux_unet, "_hf_hook")
+    assert not hasattr(pipe.task_attention, "_hf_hook")  # called from inside the UNet: never offloaded
+    torch.testing.assert_close(pipe(image, tasks=["depth"], output_type="pt").depth, expected)
