@@ -15,7 +15,7 @@ from stablemtl.testing import make_tiny_sd_folder
 
 
 def official_stage2(unet, task_attention, prefix="") -> dict[str, torch.Tensor]:
-    """The official stage-2 layout: task modules as children of each block's attn1 (spec key names)."""
+    """The official stage-2 layout: task modules as children of each block's attn1 (official key names)."""
     names = [name for name, _, _ in self_attention_layers(unet)]
     state = {prefix + k: v.clone() for k, v in unet.state_dict().items()}
     for key, value in task_attention.state_dict().items():
