@@ -8,7 +8,11 @@ Pillow.
 
 Conventions (as in Marigold): numpy images are channel-last ``(H, W)``, ``(H, W, C)`` or ``(N, H, W, C)``;
 torch images are channel-first ``(H, W)``, ``(C, H, W)`` or ``(N, C, H, W)``; C in {1 (grey), 2 (grey +
-alpha), 3 (RGB), 4 (RGBA)}. Float values must lie in [0, 1]; integers are scaled by their dtype's maximum.
+alpha), 3 (RGB), 4 (RGBA)}. Float values must lie in [0, 1]. Integer ranges: uint8 is divided by 255 and
+uint16 by 65535 (the dtype decides); int8/int16 are refused; a 32- or 64-bit integer type (PIL mode ``I``
+gives int32) is decided by its values: 8-bit data (all values in 0..255) is divided by 255, 16-bit data
+(0..65535) by 65535, and negative or larger values are refused. A 16-bit image darker than 256/65535 in
+such a type reads as 8-bit: pass uint16 (PIL mode ``I;16``) to keep it exact.
 """
 
 from __future__ import annotations
@@ -24,6 +28,25 @@ from stablemtl.tasks import get_task
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor | Sequence[Image.Image | np.ndarray | torch.Tensor]
 RESAMPLE_METHODS = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
+
+
+def integer_scale(array: np.ndarray, label: str) -> float:
+    """The divisor that maps an integer image to [0, 1], from its dtype and values (module docstring)."""
+    if array.dtype == np.uint8:
+        return 255.0
+    if array.dtype == np.uint16:
+        return 65535.0
+    if array.dtype.itemsize < 4:  # int8/int16: no image format or PIL mode produces these
+        raise ValueError(f"{label} has signed dtype {array.dtype}; use uint8/uint16 or float in [0, 1]")
+    low, high = int(array.min(initial=0)), int(array.max(initial=0))
+    if low < 0 or high > 65535:
+        raise ValueError(
+            f"{label} has dtype {array.dtype} with values in [{low}, {high}]; integer images must hold 8-bit "
+            "(0..255) or 16-bit (0..65535) values; use uint8/uint16 or float in [0, 1]"
+        )
+    # A wide type says nothing about the bit depth: 8-bit data stored as int32 (PIL mode 'I') must not be
+    # divided by 65535, which would make it almost black.
+    return 255.0 if high <= 255 else 65535.0
 
 
 def _as_list(image: ImageInput, name: str) -> list:
@@ -101,14 +124,8 @@ class StableMTLImageProcessor(MarigoldImageProcessor):
         if isinstance(item, np.ndarray):
             if item.dtype == bool or np.issubdtype(item.dtype, np.complexfloating):
                 raise ValueError(f"{label} has dtype {item.dtype}; use uint8/uint16 or float in [0, 1]")
-            if np.issubdtype(item.dtype, np.signedinteger):
-                if item.dtype != np.int32 or item.min(initial=0) < 0 or item.max(initial=0) > 65535:
-                    raise ValueError(
-                        f"{label} has signed dtype {item.dtype}; use uint8/uint16 or float in [0, 1]"
-                    )
-                scale = 65535.0  # PIL's 16-bit mode 'I'
-            elif np.issubdtype(item.dtype, np.unsignedinteger):
-                scale = float(np.iinfo(item.dtype).max)
+            if np.issubdtype(item.dtype, np.integer):
+                scale = integer_scale(item, label)
             item = item[None, ..., None] if item.ndim == 2 else item
             item = item[None] if item.ndim == 3 else item
             item = torch.from_numpy(np.ascontiguousarray(item.astype(np.float32))).permute(0, 3, 1, 2)

@@ -1,9 +1,12 @@
-"""StableMTL single-stream pipeline: one Stable Diffusion UNet, many dense-prediction tasks (spec §2).
+"""StableMTL single-stream pipeline: one Stable Diffusion UNet, many dense-prediction tasks.
+
+See docs/architecture.md.
 
 The UNet receives ``[z(frame_t), z(frame_t+1 or frame_t), zeros]`` (12 latent channels) at a fixed timestep,
 conditioned on the cached text embedding of the task prompt, and returns the x0 latent of the task's label
 drawn as an image; the VAE decodes it and the task turns the image into a prediction. Unlike the official
-code (spec §6), all requested tasks of a batch share one VAE encode per frame and one batched UNet call.
+code (docs/official-code.md), all requested tasks of a batch share one VAE encode per frame and one
+batched UNet call.
 
 This file is copied into every saved folder so that plain diffusers loads it as a custom pipeline:
 ``DiffusionPipeline.from_pretrained(folder, custom_pipeline="pipeline_stablemtl", trust_remote_code=True)``.
@@ -95,7 +98,7 @@ class StableMTLPipeline(DiffusionPipeline):
             beside ``model_index.json``, which never names them (a custom component entry there would break
             loading from the Hub).
         timestep: the fixed UNet timestep (spec: 999).
-        input_noise: ``"deterministic"`` (zero target latent, the spec's default) or ``"random"`` (standard
+        input_noise: ``"deterministic"`` (zero target latent, the paper's default) or ``"random"`` (standard
             normal target latent drawn with ``generator``).
         second_frame: second-frame latent of a task without a frame pair (non-flow tasks, and flow tasks
             called without ``next_image``): ``"duplicate"`` (the first frame's, official) or ``"zero"``;
@@ -353,7 +356,7 @@ class StableMTLPipeline(DiffusionPipeline):
                 or a list of those (equal sizes). Floats in [0, 1], uint8/uint16 scaled; grey and RGBA
                 converted to RGB.
             next_image: the following frames, same count and size; used by the flow tasks. Without it a flow
-                task sees the frame twice (spec's "duplicate" fallback) and a warning is logged.
+                task sees the frame twice (the official "duplicate" fallback) and a warning is logged.
             tasks: task names (default: every task the model knows).
             processing_resolution: longer edge for processing, a multiple of 8 (0: native size; default: the
                 config's ``default_processing_resolution``). Sizes are padded to the latent grid.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
 
 from stablemtl.models.task_tokens import TASK_EMBEDDINGS_NAME, TaskEmbeddings
 from stablemtl.tasks import get_task
+from stablemtl.utils import atomic_write_text
 
 # Licences of the usual bases; the weights derived from a base inherit its licence.
 BASE_LICENSES = {
@@ -249,17 +249,6 @@ def write_metrics_to_model_card(
         info,
         pipeline_class=class_name if isinstance(class_name, str) else "StableMTLPipeline",
     )
-    _write_atomic(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
-    _write_atomic(folder / "README.md", str(card))
+    atomic_write_text(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(folder / "README.md", str(card))
     return folder / "README.md"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -46,7 +46,7 @@ def make_sample(seed: int, tasks=ALL_TASKS, size=(16, 16), source="synthetic") -
 
 
 def to_prediction_space(task: str, label: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """The ground truth as a perfect model would predict it (the formats of DESIGN.md)."""
+    """The ground truth as a perfect model would predict it (docs/architecture.md)."""
     if task == "depth":
         d = label[0][valid]
         return ((label - d.min()) / (d.max() - d.min())).clamp(0, 1)

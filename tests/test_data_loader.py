@@ -79,7 +79,7 @@ def test_color_jitter_is_joint_deterministic_and_bounded():
 
 def test_loader_augmentation_is_seeded_per_epoch(tmp_path):
     ds = load_source(make_dataset("flying", 4, tmp_path / "f", size=16, seed=0), augment=True, seed=7)
-    assert ds.augmentation.vflip and ds.augmentation.jitter is not None  # FlyingThings3D-like (spec §3.2)
+    assert ds.augmentation.vflip and ds.augmentation.jitter is not None  # FlyingThings3D-like
     again = load_source(tmp_path / "f", augment=True, seed=7)
     plain = load_source(tmp_path / "f")
     first = [ds[i]["image"] for i in range(4)]

@@ -119,7 +119,7 @@ def test_load_predictor_takes_hub_ids_from_the_cache_with_dtype_and_device(tmp_p
     assert loaded.device.type == cli.resolve_device("auto")
     expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     assert cli.resolve_device("auto") == expected and cli.resolve_device("cpu") == "cpu"
-    with pytest.raises(ValueError, match="neither a local pipeline folder nor a loadable Hub id"):
+    with pytest.raises(ValueError, match="neither a local model folder nor a loadable Hub id"):
         cli.load_predictor("someone/missing", cache_dir=str(tmp_path / "hub"))
     with pytest.raises(ValueError, match="--dtype"):
         cli.load_predictor("someone/s1", dtype="fp8", cache_dir=str(tmp_path / "hub"))
@@ -128,7 +128,7 @@ def test_load_predictor_takes_hub_ids_from_the_cache_with_dtype_and_device(tmp_p
 @pytest.mark.parametrize(
     ("class_name", "message"),
     [
-        (["pipeline_stablemtl", "StableMTLPipeline"], "class name string"),
+        (["pipeline_stablemtl", "StableMTLPipeline", "extra"], "must name the pipeline class"),
         ("StableDiffusionPipeline", "not a"),
     ],
 )

@@ -9,7 +9,7 @@ import pytest
 
 from stablemtl.data.sampler import SourceInfo, TaskIsolatedSampler
 
-# The official layout (spec §3.1): the same source labels several tasks.
+# The official layout (docs/training.md): the same source labels several tasks.
 INDOOR = SourceInfo("indoor", 60, ("albedo", "shading", "depth", "normal"))
 STREET = SourceInfo("street", 48, ("depth", "normal", "semantic", "optical_flow", "scene_flow"))
 THINGS = SourceInfo("things", 40, ("optical_flow", "scene_flow"))

@@ -137,7 +137,7 @@ def train_vae(accelerator: Accelerator, vae, images: torch.Tensor, args, generat
         batch = random_crops(images, args.train_batch_size, args.vae_crop, generator).to(accelerator.device)
         with accelerator.autocast():
             posterior = vae_model.encode(batch).latent_dist
-            # Decode the posterior mean: StableMTL only ever encodes with the mean (spec §1.1), and
+            # Decode the posterior mean: StableMTL only ever encodes with the mean (docs/encodings.md), and
             # sampling noise at a near-zero KL weight only slows the tiny VAE down.
             reconstruction = vae_model.decode(posterior.mode()).sample
         # L1 keeps edges (palette colours, normals) sharp; the tiny KL keeps the latent well scaled.

@@ -29,6 +29,7 @@ from stablemtl.evaluation.trivial import ConstantPredictor
 from stablemtl.pipelines.pipeline_stablemtl import StableMTLPipeline
 from stablemtl.training import train
 from stablemtl.training.config import load_config
+from stablemtl.utils import atomic_write_text
 
 logger = logging.getLogger("stablemtl.demo")
 
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> Path:
     evaluation = evaluate_models(predictors, test_samples, tasks, num_visuals=4, seed=args.seed)
     reports = {**evaluation.reports, **{r["name"]: r for r in single_reports}}
     write_report(out, reports, reference, evaluation.visuals, title="stablemtl demo")
-    (out / "demo.json").write_text(
+    atomic_write_text(
+        out / "demo.json",
         json.dumps(
             {
                 "args": vars(args),
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> Path:
                 "models": {k: str(v) for k, v in models.items()},
             },
             indent=1,
-        )
+        ),
     )
     print(f"demo finished in {time.perf_counter() - start:.0f} s; report: {out / 'report.md'}")
     return out / "report.md"

@@ -12,6 +12,7 @@ Writes ``metrics.json``, ``report.md`` and ``figures/*.png`` into ``--out`` and 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -53,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--name", action="append", default=[], help="report name per --model (default: its folder name)"
     )
-    p.add_argument("--data", action="append", default=[], help="data set folder (repeat to chain several)")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        help="source: a data folder, configs/data/<set>.yaml, 'reader:root' or 'hub:id' (repeat to chain)",
+    )
     p.add_argument("--tasks", nargs="+", default=None, help="tasks to score (default: every labelled task)")
     p.add_argument(
         "--reference", action="append", default=[], help="metrics.json of single-task references for Δm"
@@ -108,27 +114,57 @@ def resolve_device(device: str = "auto") -> str:
     return "cpu"
 
 
-def _read_model_index(path: str, cache_dir: str | None, revision: str | None) -> dict[str, Any]:
-    """``model_index.json`` of a local folder or of a Hub id (offline, the Hugging Face cache serves it)."""
+# Model folders that are not diffusers pipelines name their type in config.json ("model_type").
+MODEL_TYPES = {
+    "hitt": "stablemtl.models.baselines.hitt:HiTTModel",
+    "prototype": "stablemtl.models.baselines.prototype:PrototypeModel",
+}
+
+
+def _read_folder_json(path: str, name: str, cache_dir: str | None, revision: str | None) -> dict | None:
+    """``name`` (a JSON file) of a local folder or of a Hub id (offline, the Hugging Face cache serves
+    it); None when the folder or repository has no such file."""
     folder = Path(path)
     if folder.exists():
-        index = folder / "model_index.json"
-        if not index.is_file():
-            raise ValueError(f"--model {path!r} is not a pipeline folder: {index} is missing")
+        file = folder / name
+        if not file.is_file():
+            return None
     else:
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
 
         try:
-            index = Path(hf_hub_download(path, "model_index.json", cache_dir=cache_dir, revision=revision))
+            file = Path(hf_hub_download(path, name, cache_dir=cache_dir, revision=revision))
+        except EntryNotFoundError:
+            return None
         except Exception as err:  # invalid id, not found, offline and not cached: one clear message
             raise ValueError(
-                f"--model {path!r} is neither a local pipeline folder nor a loadable Hub id "
+                f"--model {path!r} is neither a local model folder nor a loadable Hub id "
                 f"({type(err).__name__}: {str(err).splitlines()[0]})"
             ) from err
     try:
-        return json.loads(index.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--model {path!r}: {index} is not valid JSON ({err})") from err
+        content = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"--model {path!r}: {file} cannot be read as JSON ({type(err).__name__}: {err})"
+        ) from err
+    if not isinstance(content, dict):
+        raise ValueError(f"--model {path!r}: {file} must hold a JSON object")
+    return content
+
+
+def _load_model_folder(path: str, config: dict, device: str, torch_dtype, hub_kwargs: dict):
+    """A non-pipeline model folder (a baseline) by the ``model_type`` its ``config.json`` names."""
+    model_type = config.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(
+            f"--model {path!r} is not a pipeline folder (no model_index.json) and its config.json names "
+            f"model_type {model_type!r}; known model types: {', '.join(MODEL_TYPES)}"
+        )
+    module_name, class_name = MODEL_TYPES[model_type].split(":")
+    model_class = getattr(importlib.import_module(module_name), class_name)
+    model = model_class.from_pretrained(path, **hub_kwargs)
+    return model.to(device=resolve_device(device), dtype=torch_dtype).eval()
 
 
 def load_predictor(
@@ -138,33 +174,56 @@ def load_predictor(
     cache_dir: str | None = None,
     revision: str | None = None,
 ):
-    """Load a saved pipeline (local folder or Hub id) as a Predictor; its class is read from
-    ``model_index.json`` and looked up in ``stablemtl.pipelines``."""
+    """Load a saved model (local folder or Hub id) as a Predictor: a pipeline, its class read from
+    ``model_index.json`` and looked up in ``stablemtl.pipelines``, or a model folder whose
+    ``config.json`` names a known ``model_type`` (the baselines)."""
     import torch
 
     import stablemtl.pipelines as pipelines
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r} must be one of {DTYPES}")
-    class_name = _read_model_index(path, cache_dir, revision).get("_class_name", "StableMTLPipeline")
-    if not isinstance(class_name, str):
-        raise ValueError(
-            f"--model {path!r}: _class_name in model_index.json must be a class name string, got "
-            f"{class_name!r}"
-        )
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    hub_kwargs = {k: v for k, v in (("cache_dir", cache_dir), ("revision", revision)) if v is not None}
+    index = _read_folder_json(path, "model_index.json", cache_dir, revision)
+    if index is None:
+        config = _read_folder_json(path, "config.json", cache_dir, revision)
+        if config is None:
+            if not Path(path).exists():
+                raise ValueError(
+                    f"--model {path!r} is neither a local model folder nor a loadable Hub id (neither "
+                    "model_index.json nor config.json could be found, in the cache or online)"
+                )
+            raise ValueError(
+                f"--model {path!r} is not a pipeline folder (model_index.json is missing) nor a model "
+                "folder (config.json with a model_type)"
+            )
+        return _load_model_folder(path, config, device, torch_dtype, hub_kwargs)
+    class_name = _pipeline_class_name(index, f"--model {path!r}: model_index.json")
     cls = getattr(pipelines, class_name, None) if class_name in pipelines.__all__ else None
     if cls is None:
         raise ValueError(
             f"--model {path!r} is a {class_name}, not a stablemtl pipeline ({', '.join(pipelines.__all__)})"
         )
-    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    hub_kwargs = {k: v for k, v in (("cache_dir", cache_dir), ("revision", revision)) if v is not None}
     pipe = cls.from_pretrained(path, torch_dtype=torch_dtype, **hub_kwargs)
     pipe = pipe.to(resolve_device(device))
     pipe.set_progress_bar_config(disable=True)
     if not callable(getattr(pipe, "predict", None)):
         raise ValueError(f"--model {path!r} loads as {type(pipe).__name__}, which has no predict() method")
     return pipe
+
+
+def _pipeline_class_name(config: dict, where: str) -> str:
+    """``_class_name`` of a ``model_index.json``; diffusers' ``[module, class]`` form gives the class."""
+    class_name = config.get("_class_name", "StableMTLPipeline")
+    if isinstance(class_name, list) and len(class_name) == 2 and all(isinstance(c, str) for c in class_name):
+        class_name = class_name[1]
+    if not isinstance(class_name, str) or not class_name.isidentifier():
+        raise ValueError(
+            f"{where}: '_class_name' must name the pipeline class (e.g. \"StableMTLPipeline\" or "
+            f'["pipeline_stablemtl", "StableMTLPipeline"]), got {class_name!r}'
+        )
+    return class_name
 
 
 class ChainedSamples:
@@ -225,6 +284,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"stablemtl-eval: --write_model_card writes into local folders only; not folders: {not_folders}"
         )
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise SystemExit(f"stablemtl-eval: --out {args.out!r} is a file, not a folder")
+    reference = None
+    if args.reference:  # checked before the (long) evaluation, not after it
+        try:
+            reference = build_reference([r for path in args.reference for r in load_reports(path)])
+        except ValueError as err:
+            raise SystemExit(f"stablemtl-eval: --reference: {err}") from None
+
     reports: list[dict[str, Any]] = []
     visuals = []
     if args.model:
@@ -257,10 +325,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_model_cards(args.model, [result.reports[n] for n in names], args.data)
         reports = list(result.reports.values())
         visuals = result.visuals
+        if not any(r["tasks"] for r in reports):
+            reasons = "; ".join(
+                f"{r['name']}: {task} ({why})" for r in reports for task, why in r["skipped_tasks"].items()
+            )
+            raise SystemExit(f"stablemtl-eval: error: nothing was scored ({reasons or 'no task labelled'})")
     reports = merge_reports([*reports, *args.merge])
-    reference = None
-    if args.reference:
-        reference = build_reference([r for path in args.reference for r in load_reports(path)])
     payload = write_report(args.out, reports, reference, visuals, title=args.title)
     summary = render_markdown(reports, reference, payload["delta_m"], {}, args.title)
     sys.stdout.write(summary.split("## Settings")[0])

@@ -1,4 +1,4 @@
-"""Per-source augmentation (spec §3.2): flips that transform labels correctly, joint colour jitter.
+"""Per-source augmentation (docs/training.md): flips that transform labels correctly, joint colour jitter.
 
 Flips go through ``Task.flip`` (which negates normal x / flow u / scene-flow x on a horizontal flip
 and the y components on a vertical one); the intrinsics follow the flip. Colour jitter draws one set of

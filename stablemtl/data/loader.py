@@ -1,20 +1,35 @@
-"""Read a source written by ``make_dataset`` (or any table with the same columns) as torch Samples."""
+"""Open a source as torch Samples: a ``make_dataset`` folder, any ``datasets`` table with the same columns
+(local or Hub), a plain folder, or a real data set through its reader (``stablemtl.data.readers``)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from datasets import load_from_disk
 from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import IterableDataset as TorchIterableDataset
 
 from stablemtl.data.augment import Augmentation, augment_sample
+from stablemtl.data.manifest import verify_data_files
 from stablemtl.data.profiles import get_profile, profile_names
 from stablemtl.data.storage import LABEL_PREFIX, VALID_PREFIX, row_to_sample
 from stablemtl.tasks import check_tasks, get_task, task_names
+
+logger = logging.getLogger(__name__)
+
+
+def reader_names() -> list[str]:
+    from stablemtl.data.readers import reader_names as names
+
+    return names()
 
 
 class SourceDataset(TorchDataset):
@@ -104,19 +119,168 @@ class SourceDataset(TorchDataset):
         return augment_sample(sample, augmentation, generator)
 
 
+SourceSpec = str | os.PathLike | Mapping[str, Any]
+_SPEC_KEYS = {"reader", "hub", "path"}
+
+
 def load_source(
-    path: str | os.PathLike,
+    spec: SourceSpec,
     augment: bool = False,
     seed: int = 0,
     tasks=None,
     augmentation: Augmentation | None = None,
-) -> SourceDataset:
-    """Open the source folder ``path`` (written by ``make_dataset`` / ``stablemtl-make-data``).
+):
+    """Open one training or evaluation source; returns a torch ``Dataset`` of Sample dicts.
 
-    ``augment=True`` uses the augmentation of the source's profile, per task (spec §3.2; h-flip only for
-    a source that is not a registered profile) unless ``augmentation`` is given, which then applies to
-    every task. ``tasks`` restricts the labels.
+    ``spec`` is one of:
+
+    - a folder written by ``make_dataset`` / ``stablemtl-make-data`` (a saved ``datasets`` table);
+    - a plain folder (``images/`` plus per-task label folders, see docs/data.md);
+    - ``"reader:root"``, e.g. ``"hypersim:data/hypersim/train"``: a reader with its defaults (every
+      complete frame under root, the official resolution); ``"hub:user/name"``: a ``datasets`` data set;
+    - a ``.yaml`` file holding one mapping as below (the files of ``configs/data/``);
+    - a mapping: ``{"reader": "vkitti2", "root": ..., "split": ..., "resolution": [H, W], "tasks": [...],
+      "source": ..., "augmentation": {...}, <reader options>}``, ``{"hub": "user/name" or a local data
+      folder, "split": "train", "revision": ..., "streaming": false}`` or ``{"path": folder}``.
+
+    ``augment=True`` uses the source's own training augmentation per task (its profile's, or its
+    reader's recipe) unless ``augmentation`` (or the mapping's ``augmentation``) is given, which then
+    applies to every task. ``tasks`` restricts the labels. ``streaming`` Hub sources are iterable
+    datasets (for evaluation and inspection; the training sampler needs random access). A saved folder's
+    Arrow files are checked against the checksums in ``make_data.json`` first (a mismatch or a missing file
+    raises ``ValueError`` naming it; a folder without checksums is loaded with a one-time warning).
     """
+    if isinstance(spec, Mapping):
+        spec = dict(spec)
+        kinds = _SPEC_KEYS & set(spec)
+        if len(kinds) != 1:
+            raise ValueError(
+                f"a source mapping needs exactly one of {sorted(_SPEC_KEYS)}, got keys {sorted(spec)}"
+            )
+        if "augmentation" in spec:
+            augmentation = _augmentation(spec.pop("augmentation"))
+        tasks = spec.pop("tasks", tasks)
+        kind = kinds.pop()
+        if kind == "path":
+            rest = set(spec) - {"path"}
+            if rest:
+                raise ValueError(f"a {{path: ...}} source takes no options, got {sorted(rest)}")
+            return _load_folder(spec["path"], augment, seed, tasks, augmentation)
+        if kind == "hub":
+            return _load_hub(spec, augment, seed, tasks, augmentation)
+        return _open_reader(spec, augment, seed, tasks, augmentation)
+    text = str(spec)
+    if text.endswith((".yaml", ".yml")):
+        return load_source(_spec_file(Path(text)), augment, seed, tasks, augmentation)
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix == "hub":
+        return _load_hub({"hub": rest}, augment, seed, tasks, augmentation)
+    if sep and prefix in reader_names():
+        return _open_reader({"reader": prefix, "root": rest}, augment, seed, tasks, augmentation)
+    path = Path(text)
+    if path.is_dir() and not (path / "state.json").exists() and (path / "images").is_dir():
+        return _open_reader({"reader": "plain", "root": path}, augment, seed, tasks, augmentation)
+    return _load_folder(path, augment, seed, tasks, augmentation)
+
+
+def _spec_file(path: Path) -> dict:
+    """A YAML file holding one source mapping (the config entry of one data set)."""
+    if not path.is_file():
+        raise ValueError(f"source spec file {str(path)!r} does not exist")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(spec, Mapping):
+        raise ValueError(
+            f"{path} must hold one source mapping ({{reader: ..., root: ...}}), got {type(spec).__name__}"
+        )
+    return dict(spec)
+
+
+def _augmentation(value) -> Augmentation | None:
+    if value is None or isinstance(value, Augmentation):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"augmentation must be a mapping like {{hflip: true, jitter: [b, c, s, h]}}, got {value!r}"
+        )
+    value = dict(value)
+    if value.get("jitter") is not None:
+        value["jitter"] = tuple(float(v) for v in value["jitter"])
+    try:
+        return Augmentation(**value)
+    except TypeError as err:
+        raise ValueError(f"augmentation {value}: {err}") from None
+
+
+def _open_reader(spec: dict, augment: bool, seed: int, tasks, augmentation):
+    from stablemtl.data.readers import get_reader  # the readers import this module's neighbours
+
+    spec = dict(spec)
+    cls = get_reader(str(spec.pop("reader")))
+    if "root" not in spec:
+        raise ValueError(f"reader {cls.name!r} needs a root folder: {{reader: {cls.name}, root: ...}}")
+    root = spec.pop("root")
+    try:
+        reader = cls(root, tasks=tasks, seed=seed, **spec)
+    except TypeError as err:
+        raise ValueError(f"reader {cls.name!r}: {err}") from None
+    if augment:
+        reader.use_training_augmentation(augmentation)
+    return reader
+
+
+def _load_hub(spec: dict, augment: bool, seed: int, tasks, augmentation):
+    from datasets import load_dataset
+
+    spec = dict(spec)
+    name = str(spec.pop("hub"))
+    split = spec.pop("split", "train")
+    streaming = bool(spec.pop("streaming", False))
+    revision = spec.pop("revision", None)
+    if spec:
+        raise ValueError(f"hub source {name!r}: unknown options {sorted(spec)} (split, revision, streaming)")
+    try:
+        table = load_dataset(name, split=split, revision=revision, streaming=streaming)
+    except Exception as err:
+        raise ValueError(
+            f"hub source {name!r} (split {split!r}) cannot be loaded ({type(err).__name__}: {err})"
+        ) from err
+    if streaming:
+        if augment:
+            raise ValueError(f"hub source {name!r}: a streaming source cannot be augmented for training")
+        return StreamingSource(table, name, tasks)
+    _check_columns(table.column_names, name)
+    dataset = SourceDataset(table, name, None, seed, tasks)
+    if augment:
+        _set_augmentation(dataset, augmentation)
+    return dataset
+
+
+def _check_columns(columns, where) -> None:
+    for column in ("image", "source", "tasks"):
+        if column not in columns:
+            raise ValueError(f"{where}: column {column!r} is missing; columns: {columns}")
+
+
+def _set_augmentation(dataset: SourceDataset, augmentation: Augmentation | None) -> None:
+    if augmentation is None and dataset.source in profile_names():
+        profile = get_profile(dataset.source)
+        augmentation = profile.augmentation
+        dataset.task_augmentation = dict(profile.task_augmentation)
+    if augmentation is None:
+        # Not silent: a source with no recipe of its own gets only the flip every task supports.
+        logger.warning(
+            "source %r has no augmentation recipe (not a profile): using a horizontal flip only; "
+            "pass augmentation={...} to choose one",
+            dataset.source,
+        )
+        augmentation = Augmentation()
+    dataset.augmentation = augmentation
+
+
+def _load_folder(path, augment: bool, seed: int, tasks, augmentation) -> SourceDataset:
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"source path {str(path)!r} is not a folder")
@@ -124,22 +288,37 @@ def load_source(
         partial = (
             " (an unfinished make_dataset run: rerun it to resume)" if (path / "shards").exists() else ""
         )
-        raise ValueError(f"{path} is not a saved data set: state.json is missing{partial}")
+        raise ValueError(
+            f"{path} is not a saved data set: state.json is missing{partial}; a plain folder needs an "
+            f"images/ subfolder, a reader is named as 'reader:root' ({', '.join(reader_names())})"
+        )
+    # Before Arrow memory-maps the files: damaged bytes can crash it or change rows without an error.
+    verify_data_files(path)
     try:
         table = load_from_disk(str(path))
     except Exception as err:
         raise ValueError(f"{path} cannot be loaded as a data set ({type(err).__name__}: {err})") from err
-    for column in ("image", "source", "tasks"):
-        if column not in table.column_names:
-            raise ValueError(f"{path}: column {column!r} is missing; columns: {table.column_names}")
+    _check_columns(table.column_names, path)
     dataset = SourceDataset(table, str(path), None, seed, tasks)
     if augment:
-        if augmentation is None and dataset.source in profile_names():
-            profile = get_profile(dataset.source)
-            augmentation = profile.augmentation
-            dataset.task_augmentation = dict(profile.task_augmentation)
-        dataset.augmentation = augmentation or Augmentation()
+        _set_augmentation(dataset, augmentation)
     return dataset
+
+
+class StreamingSource(TorchIterableDataset):
+    """Samples of a streaming ``datasets`` source, in order (only the ``tasks`` labels kept)."""
+
+    def __init__(self, table, name: str, tasks=None) -> None:
+        self._table, self.path = table, name
+        self.tasks = check_tasks(tasks) if tasks is not None else None
+
+    def __iter__(self):
+        for index, row in enumerate(self._table):
+            sample = row_to_sample(row, f"row {index} of {self.path}")
+            if self.tasks is not None:
+                for task in [t for t in sample["labels"] if t not in self.tasks]:
+                    del sample["labels"][task], sample["valid"][task]
+            yield sample
 
 
 def collate_task_batch(samples: list[dict], task: str) -> dict:

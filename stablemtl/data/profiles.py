@@ -1,6 +1,6 @@
 """Source profiles: which scenes a synthetic source renders and which tasks it labels.
 
-A profile mirrors one real training source of StableMTL (spec §3.1): ``indoor`` ~ Hypersim,
+A profile mirrors one real training source of StableMTL (docs/training.md): ``indoor`` ~ Hypersim,
 ``street`` ~ Virtual KITTI 2, ``flying`` ~ FlyingThings3D. Add your own with ``register_profile``::
 
     register_profile(SourceProfile(name="garage", build_scene=my_builder, train_tasks=("depth",),
@@ -31,7 +31,7 @@ class SourceProfile:
     and ``test`` splits label, its appearance ``domain`` and ``shifted`` test domain, its augmentation.
 
     ``augmentation`` applies to every task unless ``task_augmentation`` overrides it for a task: the
-    official recipe augments per source *and* task (spec §3.2: vKITTI jitters colours for optical flow
+    official recipe augments per source *and* task (docs/training.md: vKITTI jitters colours for optical flow
     only), and a training micro-batch serves one task.
     """
 
@@ -149,7 +149,7 @@ for _profile in (
         test_tasks=ALL_TASKS,
         domain=_STREET,
         shifted=_STREET_SHIFT,
-        # vKITTI 2 (spec §3.2): h-flip for every task; colour jitter only for optical flow.
+        # vKITTI 2 (docs/training.md): h-flip for every task; colour jitter only for optical flow.
         augmentation=Augmentation(hflip=True),
         task_augmentation={"optical_flow": Augmentation(hflip=True, jitter=(0.4, 0.4, 0.2, 0.127))},
     ),

@@ -1,6 +1,6 @@
 """The task-isolated sampler: which task, which source and which samples every micro-batch holds.
 
-StableMTL trains every optimizer update on the gradient of *one* task (spec §3.2). This sampler
+StableMTL trains every optimizer update on the gradient of *one* task (docs/training.md). This sampler
 yields micro-batches of keys ``(task, source_index, sample_index, epoch)`` such that
 
 - every micro-batch holds one task and one source (so one resolution);
@@ -11,7 +11,7 @@ yields micro-batches of keys ``(task, source_index, sample_index, epoch)`` such 
   slowest (see :class:`AdaptiveTaskRule`), fed by :meth:`TaskIsolatedSampler.report`;
 - within a task, the source of each micro-batch is drawn by its weight *for that task*. Weights are
   keyed by source name, which fixes the official bug where the weights followed positions of the
-  unfiltered dataset list and were misassigned whenever only some tasks were trained (spec §7).
+  unfiltered dataset list and were misassigned whenever only some tasks were trained (docs/official-code.md).
 
 ``task_grouping="joint"`` is the ablation with mixed-task micro-batches (paper, Fig. 5): a source is
 drawn by its average weight over the tasks, then every sample of the micro-batch gets its own task,

@@ -81,14 +81,44 @@ def sample_to_row(sample: dict, index: int, tasks) -> dict:
     return row
 
 
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "F")  # PIL modes whose values PIL's RGB conversion clips
+
+
 def _image(value, what: str) -> torch.Tensor:
+    """An image cell (PIL, or the numpy array of the numpy format) -> ``(3, H, W)`` float32 in [0, 1].
+
+    Grey images are repeated to RGB. Range: uint8 / 255, uint16 / 65535; any other integer type (PIL
+    mode ``I`` is int32) by its values: all in 0..255 -> / 255 (8-bit data), in 0..65535 -> / 65535,
+    else refused; float must already lie in [0, 1].
+    """
     try:
-        array = np.asarray(value.convert("RGB") if isinstance(value, PILImage.Image) else value)
+        if isinstance(value, PILImage.Image):
+            value = value if value.mode in _WIDE_MODES else value.convert("RGB")
+        array = np.array(value)
     except Exception as err:  # a damaged PNG surfaces here, at decode time
         raise ValueError(f"{what}: image cannot be decoded ({err})") from err
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
     if array.ndim != 3 or array.shape[-1] != 3:
-        raise ValueError(f"{what}: expected an RGB image, got an array of shape {array.shape}")
-    return torch.from_numpy(np.array(array)).permute(2, 0, 1).float() / 255.0
+        raise ValueError(f"{what}: expected an RGB or grey image, got an array of shape {array.shape}")
+    if array.dtype == np.uint8:
+        scale = 255.0
+    elif array.dtype == np.uint16:
+        scale = 65535.0
+    elif np.issubdtype(array.dtype, np.integer):
+        low, high = int(array.min(initial=0)), int(array.max(initial=0))
+        if low < 0 or high > 65535:
+            raise ValueError(f"{what}: {array.dtype} image values [{low}, {high}] are neither 8- nor 16-bit")
+        scale = 255.0 if high <= 255 else 65535.0  # the values decide: a wide type hides the bit depth
+    elif (
+        np.issubdtype(array.dtype, np.floating)
+        and np.isfinite(array).all()
+        and 0 <= array.min() <= array.max() <= 1
+    ):
+        scale = 1.0
+    else:
+        raise ValueError(f"{what}: image of dtype {array.dtype} must be integer or float in [0, 1]")
+    return torch.from_numpy(array.astype(np.float32) / np.float32(scale)).permute(2, 0, 1).contiguous()
 
 
 def row_to_sample(row: dict, where: str) -> dict:

@@ -2,6 +2,11 @@
 
 Every metric is a torchmetrics ``Metric`` whose states are sums (``dist_reduce_fx="sum"``), so several
 processes can score shards of a data set and ``compute`` returns the data-set value after the sync.
+
+Non-finite predictions are refused, never scored: an image whose prediction holds NaN or inf at a
+valid pixel (anywhere, when the prediction must be resized) is counted in ``num_nonfinite``, and a
+metric that saw any such image returns NaN for every value. Replacing them by numbers would score a
+broken model as a plausible one (e.g. ``nan_to_num`` giving a NaN albedo a mid-range si-RMSE).
 """
 
 from __future__ import annotations
@@ -59,11 +64,25 @@ def check_inputs(
     return prediction, label, valid
 
 
+def nonfinite_images(prediction: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` bool: images of a ``(B, C, h, w)`` prediction with NaN/inf at a valid pixel of ``(B, H, W)``.
+
+    When the prediction is not at the label size every pixel counts (a resize spreads NaN anyway).
+    """
+    if not prediction.is_floating_point():
+        return torch.zeros(prediction.shape[0], dtype=torch.bool)
+    bad = ~torch.isfinite(prediction).all(dim=1)  # [B,h,w]
+    if bad.shape == valid.shape:
+        bad = bad & valid
+    return bad.flatten(1).any(dim=1)
+
+
 class DenseMetric(Metric):
     """Base class: ``update(prediction, label, valid)`` scores each image with at least one valid pixel.
 
     Args of ``update``: ``prediction`` ``(B, C, h, w)`` in the task's prediction space (any size: it
-    is resized to the label), ``label`` ``(B, C, H, W)`` native units, ``valid`` ``(B, H, W)`` bool.
+    is resized to the label; non-finite values are refused, see the module docstring), ``label``
+    ``(B, C, H, W)`` native units, ``valid`` ``(B, H, W)`` bool.
     Subclasses implement ``_update_image(pred[C,H,W], label[C,H,W], valid[H,W]) -> bool`` (False when
     the image has nothing to score) and ``_compute() -> dict``.
     """
@@ -76,21 +95,26 @@ class DenseMetric(Metric):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.add_state("num_images", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("num_nonfinite", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, prediction: torch.Tensor, label: torch.Tensor, valid: torch.Tensor) -> None:
         prediction, label, valid = check_inputs(prediction, label, valid, self.label_channels)
+        nonfinite = nonfinite_images(prediction, valid)
         prediction = self._prepare_prediction(prediction, tuple(label.shape[-2:]))
-        for pred_i, label_i, valid_i in zip(prediction, label, valid):
-            if self._update_image(pred_i, label_i, valid_i):
+        for pred_i, label_i, valid_i, bad in zip(prediction, label, valid, nonfinite):
+            if bad and bool(valid_i.any()):  # counted as scored: the task shows in the report, with NaN
+                self.num_nonfinite += 1
+                self.num_images += 1
+            elif self._update_image(pred_i, label_i, valid_i):
                 self.num_images += 1
 
     def compute(self) -> dict[str, torch.Tensor]:
-        if int(self.num_images) == 0:
+        if int(self.num_images) == 0 or int(self.num_nonfinite) > 0:
             return {name: torch.tensor(math.nan) for name in self.metric_names()}
         return self._compute()
 
     def results(self) -> dict[str, float]:
-        """``compute()`` as plain floats (NaN where a value is undefined)."""
+        """``compute()`` as plain floats (NaN where a value is undefined or a prediction was non-finite)."""
         return {name: float(value) for name, value in self.compute().items()}
 
     def config(self) -> dict:

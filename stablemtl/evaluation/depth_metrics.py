@@ -1,4 +1,4 @@
-"""Depth metrics after per-image least-squares scale-and-shift alignment (spec §5.2).
+"""Depth metrics after per-image least-squares scale-and-shift alignment (docs/evaluation.md).
 
 Each image: fit ``s·pred + t ≈ gt`` on valid pixels (or ``≈ 1/gt`` in disparity space), clip the
 aligned depth to ``[min_depth, max_depth]``, compute the errors below on valid pixels, and average

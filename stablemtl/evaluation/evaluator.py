@@ -102,8 +102,12 @@ def evaluate_models(
             caller's RNG is untouched), so stochastic predictors are repeatable; None: RNG left alone.
     Returns:
         ``Evaluation`` with a report per model: ``{"name", "tasks": {task: {"metrics", "num_images",
-        "primary_metric", "higher_is_better", "metric_config"}}, "config", "data", "versions",
-        "timestamp", "elapsed_seconds", "predict_seconds"}``.
+        "num_nonfinite_predictions", "primary_metric", "higher_is_better", "metric_config"}},
+        "skipped_tasks": {task: reason}, "config", "data", "versions", "timestamp", "elapsed_seconds",
+        "predict_seconds"}``. A task with any non-finite prediction has NaN metrics (refused, never
+        scored as a number) and a warning is logged. A requested or labelled task that a model cannot
+        score (it does not predict it, no sample labels it or has a valid label pixel of it, or it needs
+        ``next_image``) is listed in ``skipped_tasks`` with the reason and warned about once.
     """
     if not predictors:
         raise ValueError("predictors is empty: pass {name: predictor}")
@@ -115,6 +119,8 @@ def evaluate_models(
     wanted = check_tasks(tasks) if tasks is not None else None
     configs = _configs_per_model(predictors, config)
     metrics: dict[str, dict[str, Any]] = {name: {} for name in predictors}
+    skipped: dict[str, dict[str, str]] = {name: {} for name in predictors}
+    labelled: set[str] = set()
     predict_seconds = dict.fromkeys(predictors, 0.0)
     visuals: list[VisualSample] = []
     sources: Counter[str] = Counter()
@@ -128,8 +134,9 @@ def evaluate_models(
         for batch in _batches(samples, batch_size):
             kept = [i for i in range(len(batch)) if num_samples + i < num_visuals]
             visuals.extend(_visual(batch[i]) for i in kept)
+            labelled.update(t for s in batch for t in s.get("labels", {}))
             for name, predictor in predictors.items():
-                batch_tasks = _tasks_for_batch(batch, wanted, _supported_tasks(predictor))
+                batch_tasks = _tasks_for_batch(batch, wanted, _supported_tasks(predictor), skipped[name])
                 if not batch_tasks:
                     continue
                 tic = time.perf_counter()
@@ -145,11 +152,23 @@ def evaluate_models(
     elapsed = time.perf_counter() - start
     if num_samples == 0:
         raise ValueError("samples is empty: nothing to evaluate")
+    for task_name in wanted or []:
+        if task_name not in labelled:
+            for name in predictors:
+                skipped[name][task_name] = "no sample labels it"
+    for name in predictors:
+        for task_name, metric in metrics[name].items():
+            if int(metric.num_images) == 0:  # predicted, but no image had a valid label pixel
+                skipped[name][task_name] = "no sample has a valid label pixel for it"
+        scored = {t for t, metric in metrics[name].items() if int(metric.num_images) > 0}
+        skipped[name] = {t: reason for t, reason in skipped[name].items() if t not in scored}
+        _warn_about(name, skipped[name], metrics[name])
     data = {"num_samples": num_samples, "sources": dict(sources)}
     reports = {
         name: _report(
             name, metrics[name], configs[name], (batch_size, seed), data, elapsed, predict_seconds[name]
         )
+        | {"skipped_tasks": skipped[name]}
         for name in predictors
     }
     return Evaluation(reports=reports, visuals=visuals)
@@ -190,7 +209,10 @@ def _batches(samples: Iterable[Mapping[str, Any]], batch_size: int) -> Iterator[
         yield batch
 
 
-def _tasks_for_batch(batch, wanted: list[str] | None, supported: set[str] | None) -> list[str]:
+def _tasks_for_batch(
+    batch, wanted: list[str] | None, supported: set[str] | None, skipped: dict[str, str]
+) -> list[str]:
+    """Tasks to predict for ``batch``; records in ``skipped`` why a labelled, wanted task is not."""
     labelled: list[str] = []
     for sample in batch:
         for task_name in sample.get("labels", {}):
@@ -200,9 +222,11 @@ def _tasks_for_batch(batch, wanted: list[str] | None, supported: set[str] | None
     selected = []
     for task_name in labelled if wanted is None else [t for t in wanted if t in labelled]:
         if supported is not None and task_name not in supported:
+            skipped[task_name] = f"the model does not predict it (it predicts {sorted(supported)})"
             continue
         if get_task(task_name).needs_pair and not has_pair:
             logger.warning("skipping %s on samples without next_image", task_name)
+            skipped.setdefault(task_name, "it needs next_image, which the samples lack")
             continue
         selected.append(task_name)
     return selected
@@ -242,6 +266,21 @@ def _score(batch, predictions: dict[str, torch.Tensor], metrics: dict[str, Any],
             metrics[task_name].update(pred[i : i + 1], label.unsqueeze(0), valid.unsqueeze(0))
 
 
+def _warn_about(name: str, skipped: dict[str, str], metrics: dict[str, Any]) -> None:
+    for task_name, reason in skipped.items():
+        logger.warning("model %r: task %r is not scored: %s", name, task_name, reason)
+    for task_name, metric in metrics.items():
+        bad = int(getattr(metric, "num_nonfinite", 0))
+        if bad:
+            logger.warning(
+                "model %r: %d of %d %s predictions hold NaN or inf; its metrics are NaN (not scored)",
+                name,
+                bad,
+                int(metric.num_images),
+                task_name,
+            )
+
+
 def _visual(sample: Mapping[str, Any]) -> VisualSample:
     labels = dict(sample.get("labels", {}))
     masks = sample.get("valid", {})
@@ -260,6 +299,7 @@ def _report(name, metrics, config, run, data, elapsed, predict_seconds) -> dict[
         tasks[task_name] = {
             "metrics": metric.results(),
             "num_images": count,
+            "num_nonfinite_predictions": int(getattr(metric, "num_nonfinite", 0)),
             "primary_metric": task.primary_metric,
             "higher_is_better": task.higher_is_better,
             "metric_config": metric.config(),

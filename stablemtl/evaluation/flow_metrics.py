@@ -1,7 +1,7 @@
 """Optical-flow and scene-flow metrics, pixel-weighted over the data set.
 
 StableMTL predicts flows normalised per axis to [-1, 1], so by default each image gets a per-axis
-non-negative scale fitted to the ground truth on valid pixels (spec §5.2; an oracle scale, so the
+non-negative scale fitted to the ground truth on valid pixels (docs/evaluation.md; an oracle scale, so the
 report says so). A model that predicts magnitudes is scored with ``alignment="none"``.
 """
 

@@ -1,6 +1,6 @@
 """Albedo and shading metrics: scale-invariant RMSE, LMSE and masked SSIM, averaged over images.
 
-Per image (spec §5.2, with the mask honoured everywhere):
+Per image (docs/evaluation.md, with the mask honoured everywhere):
 1. one global least-squares scale ``s = <p, g> / <p, p>`` over valid pixels and all channels, then
    ``p' = clip(s·p, 0, 1)``;
 2. ``si_rmse = sqrt(mean over valid pixels and channels of (p' − g)²)``;

@@ -1,6 +1,7 @@
-"""Surface-normal metrics: angular error in degrees over the valid pixels (spec §5.2).
+"""Surface-normal metrics: angular error in degrees over the valid pixels (docs/evaluation.md).
 
-``mean_angular_error`` follows the spec: the mean over the valid pixels of each image, then averaged
+``mean_angular_error`` follows the official protocol: the mean over the valid pixels of each image,
+then averaged
 over images. Every other value pools all valid pixels of the data set. All states are sums (DDP-safe);
 the median comes from a histogram of 0.01° bins (constant memory) with linear interpolation inside the
 bin, so it is exact to within 0.01°.
@@ -42,7 +43,7 @@ class NormalMetrics(DenseMetric):
     Prediction ``(B, 3, h, w)`` (renormalised after the bilinear resize), label ``(B, 3, H, W)`` unit
     vectors; pixels whose label has norm at most 0.5 are invalid. How each value is pooled:
 
-    - ``mean_angular_error``: mean over the valid pixels of each image, averaged over images (the spec's
+    - ``mean_angular_error``: mean over the valid pixels of each image, averaged over images (the official
       metric, so an image with few valid pixels weighs as much as a full one);
     - ``mean_angular_error_pooled``: mean over all valid pixels of the data set;
     - ``median_angular_error``, ``rmse_angular_error``, ``within_*``: over all valid pixels of the data set.

@@ -17,7 +17,12 @@ REPORT_FORMAT = "stablemtl-eval/1"
 
 
 def load_reports(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The model reports in one ``metrics.json`` (a multi-model file or a single report dict)."""
+    """The model reports in one ``metrics.json`` (a multi-model file or a single report dict).
+
+    Every task entry must hold a ``metrics`` object of numbers (null for undefined) and a
+    ``primary_metric`` naming one of them; anything else raises ``ValueError`` naming the file, model
+    and task.
+    """
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -31,7 +36,35 @@ def load_reports(path: str | os.PathLike) -> list[dict[str, Any]]:
         reports = [data]
     else:
         raise ValueError(f"{os.fspath(path)!r} is not a stablemtl-eval metrics.json (no 'models' or 'tasks')")
+    for report in reports:
+        _check_report(report, os.fspath(path))
     return [_restore_nan(r) for r in reports]
+
+
+def _check_report(report: Any, path: str) -> None:
+    if not isinstance(report, dict) or not isinstance(report.get("tasks"), dict):
+        raise ValueError(f"{path!r}: every model report must be an object with a 'tasks' object")
+    where = f"{path!r}, model {report.get('name', 'model')!r}"
+    for task_name, entry in report["tasks"].items():
+        metrics = entry.get("metrics") if isinstance(entry, dict) else None
+        if not isinstance(metrics, dict):
+            raise ValueError(f"{where}, task {task_name!r}: no 'metrics' object")
+        primary = entry.get("primary_metric")
+        if not isinstance(primary, str):
+            raise ValueError(
+                f"{where}, task {task_name!r}: 'primary_metric' must name one of its metrics "
+                f"{sorted(metrics)}, got {primary!r}"
+            )
+        if primary not in metrics:
+            raise ValueError(
+                f"{where}, task {task_name!r}: primary metric {primary!r} is not among its metrics "
+                f"{sorted(metrics)}"
+            )
+        for metric, value in metrics.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(
+                    f"{where}, task {task_name!r}: metric {metric!r} must be a number or null, got {value!r}"
+                )
 
 
 def merge_reports(reports: Sequence[Mapping[str, Any] | str | os.PathLike]) -> list[dict[str, Any]]:
@@ -88,10 +121,20 @@ def delta_m_table(
     """Δm of each report against ``reference``: ``{model: {"delta_m", "tasks", "per_task"}}``.
 
     Only tasks scored by both, with the same primary metric, count. A model sharing no task with the
-    reference gets ``delta_m = None``.
+    reference gets ``delta_m = None``; so does a model with non-finite predictions on a reference task
+    (averaging over its other tasks would hide its failure and could rank it higher).
     """
     out = {}
     for report in reports:
+        refused = [
+            t
+            for t, entry in report.get("tasks", {}).items()
+            if t in reference and int(entry.get("num_nonfinite_predictions") or 0) > 0
+        ]
+        if refused:
+            name = str(report.get("name", "model"))
+            out[name] = {"delta_m": None, "tasks": [], "per_task": {}, "nonfinite_tasks": sorted(refused)}
+            continue
         metrics = {
             t: v
             for t, v in primary_metrics(report).items()

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from stablemtl.evaluation.base import check_inputs, resize_to_label
+from stablemtl.evaluation.base import check_inputs, nonfinite_images, resize_to_label
 from stablemtl.evaluation.config import EvalConfig
 from stablemtl.evaluation.depth_metrics import DepthMetrics
 from stablemtl.evaluation.flow_metrics import OpticalFlowMetrics, SceneFlowMetrics
@@ -29,21 +29,29 @@ class TaskMetricsAverager:
     """Scores a task without a built-in accumulator: the mean over images of ``task.metrics``.
 
     ``update(prediction (B, C, h, w), label (B, C, H, W), valid (B, H, W))``; predictions are resized
-    to the label (nearest for integer dtypes, bilinear otherwise). NaN values are skipped per metric.
+    to the label (nearest for integer dtypes, bilinear otherwise). NaN metric values are skipped per
+    metric; a non-finite prediction is counted in ``num_nonfinite`` and makes every result NaN (as in
+    ``DenseMetric``).
     """
 
     def __init__(self, task: Task) -> None:
         self.task = task
         self.num_images = 0
+        self.num_nonfinite = 0
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
 
     def update(self, prediction: torch.Tensor, label: torch.Tensor, valid: torch.Tensor) -> None:
         prediction, label, valid = check_inputs(prediction, label, valid, None)
+        nonfinite = nonfinite_images(prediction, valid)
         nearest = self.task.is_discrete or not prediction.is_floating_point()
         prediction = resize_to_label(prediction, tuple(label.shape[-2:]), nearest=nearest)
-        for pred_i, label_i, valid_i in zip(prediction, label, valid):
+        for pred_i, label_i, valid_i, bad in zip(prediction, label, valid, nonfinite):
             if not bool(valid_i.any()):
+                continue
+            if bad:
+                self.num_nonfinite += 1
+                self.num_images += 1
                 continue
             for name, value in self.task.metrics(pred_i, label_i, valid_i).items():
                 if not math.isnan(float(value)):
@@ -52,7 +60,10 @@ class TaskMetricsAverager:
             self.num_images += 1
 
     def results(self) -> dict[str, float]:
-        """Mean of each metric over the images where it was defined."""
+        """Mean of each metric over the images where it was defined (all NaN after a non-finite
+        prediction)."""
+        if self.num_nonfinite:
+            return {name: math.nan for name in {self.task.primary_metric, *self._sums}}
         return {name: self._sums[name] / self._counts[name] for name in self._sums}
 
     def config(self) -> dict:

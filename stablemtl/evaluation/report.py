@@ -6,7 +6,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from stablemtl.evaluation.plots import delta_m_chart, prediction_grid, task_metr
 from stablemtl.evaluation.references import REPORT_FORMAT, delta_m_table
 from stablemtl.evaluation.versions import package_versions, utc_timestamp
 from stablemtl.tasks import get_task, task_names
+from stablemtl.utils import atomic_write_text
 
 _ALIGNMENT_NOTES = {
     "least_squares": "per-image least-squares scale and shift in depth space",
@@ -58,7 +58,7 @@ def write_report(
         "reference": dict(reference) if reference else None,
         "delta_m": delta,
     }
-    _atomic_write(out / "metrics.json", json.dumps(_json_ready(payload), indent=2, allow_nan=False))
+    atomic_write_text(out / "metrics.json", json.dumps(_json_ready(payload), indent=2, allow_nan=False))
 
     pictures: dict[str, list[str]] = {"delta_m": [], "tasks": [], "grids": []}
     if delta and any(d["delta_m"] is not None for d in delta.values()):
@@ -72,7 +72,7 @@ def write_report(
         name = f"grid_{i:03d}_{_slug(visual.source)}.png"
         prediction_grid(visual, figures / name)
         pictures["grids"].append(f"figures/{name}")
-    _atomic_write(out / "report.md", render_markdown(reports, reference, delta, pictures, title))
+    atomic_write_text(out / "report.md", render_markdown(reports, reference, delta, pictures, title))
     return payload
 
 
@@ -117,6 +117,7 @@ def render_markdown(
             "```",
             "",
         ]
+    lines += _problems(reports)
     lines += ["## Settings", ""]
     lines += _settings(reports)
     lines += ["## Per-task metrics", ""]
@@ -141,6 +142,22 @@ def render_markdown(
 
 
 # --------------------------------------------------------------------------------------------------
+def _problems(reports) -> list[str]:
+    """A "Not scored" section: non-finite predictions (metrics refused) and tasks a model skipped."""
+    items = []
+    for report in reports:
+        for t, entry in report["tasks"].items():
+            bad = int(entry.get("num_nonfinite_predictions") or 0)
+            if bad:
+                items.append(
+                    f"- {report['name']}: {bad} of {entry['num_images']} {t} predictions hold NaN or inf, "
+                    "so its metrics are not computed."
+                )
+        for t, reason in (report.get("skipped_tasks") or {}).items():
+            items.append(f"- {report['name']}: {t} is not scored: {reason}.")
+    return ["## Not scored", "", *items, ""] if items else []
+
+
 def _settings(reports) -> list[str]:
     lines = []
     for report in reports:
@@ -202,15 +219,3 @@ def _json_ready(value):
     if isinstance(value, (list, tuple)):
         return [_json_ready(v) for v in value]
     return value
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

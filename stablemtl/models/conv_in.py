@@ -1,4 +1,4 @@
-"""Widen the UNet's first convolution so that it takes the stacked latents of StableMTL (spec §2)."""
+"""Widen the UNet's first convolution to take StableMTL's stacked latents (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The one latent step of StableMTL, shared by the pipelines, the training objectives and validation.
 
-StableMTL (paper §3.1-3.2) regresses the latent of a task's label from image latents in a single
+StableMTL (docs/architecture.md) regresses the latent of a task's label from image latents in a single
 deterministic UNet call:
 
 1. the frozen VAE encodes the frame ``z1``, the next frame ``z2`` (flow tasks; otherwise a fallback) and,

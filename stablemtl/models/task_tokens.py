@@ -1,7 +1,8 @@
 """Task-token conditioning: the text-encoder embedding of each task prompt, computed once and cached.
 
-StableMTL conditions the UNet's cross-attention on the CLIP embedding of the task name (spec §2): the prompt
-("optical flow") is tokenized on its own, without padding to 77, so the sequence is BOS + word tokens + EOS,
+StableMTL conditions the UNet's cross-attention on the CLIP embedding of the task name
+(docs/architecture.md): the prompt ("optical flow") is tokenized on its own, without padding to 77,
+so the sequence is BOS + word tokens + EOS,
 and its ``last_hidden_state`` is the condition. The official code re-encodes the prompt on every call; here
 each embedding is computed once and saved beside the model (``task_embeddings.safetensors``, one key per
 task), so inference needs neither tokenizer nor text encoder for the tasks the model knows.
@@ -15,13 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from stablemtl.utils import atomic_path
 
 TASK_EMBEDDINGS_NAME = "task_embeddings.safetensors"
 
@@ -142,14 +144,8 @@ class TaskEmbeddings:
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / TASK_EMBEDDINGS_NAME
         metadata = {"format": "pt", "order": json.dumps(self.names), "prompts": json.dumps(self._prompts)}
-        fd, tmp = tempfile.mkstemp(prefix=".task_embeddings.", suffix=".tmp", dir=directory)
-        os.close(fd)
-        try:
-            save_file(self._embeddings, tmp, metadata=metadata)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_path(target) as tmp:
+            save_file(self._embeddings, str(tmp), metadata=metadata)
         return target
 
     @classmethod

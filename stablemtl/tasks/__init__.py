@@ -7,7 +7,7 @@ The seven built-in tasks register themselves on import; an eighth is one new mod
 from stablemtl.tasks.base import IGNORE_INDEX, Task, latent_valid_mask
 from stablemtl.tasks.registry import check_tasks, get_task, register_task, task_names, unregister_task
 
-# Registration order is the official task order of the sampler (spec §3.2), so the import order matters.
+# Registration order is the official task order of the sampler (docs/training.md): import order matters.
 # isort: off
 from stablemtl.tasks import albedo, shading, depth, normal, semantic, optical_flow, scene_flow  # noqa: F401
 # isort: on

@@ -1,4 +1,4 @@
-"""Shared by optical and scene flow: per-image, per-axis max-abs normalisation (spec §1.2)."""
+"""Shared by optical and scene flow: per-image, per-axis max-abs normalisation (docs/encodings.md)."""
 
 from __future__ import annotations
 

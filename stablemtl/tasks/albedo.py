@@ -1,4 +1,4 @@
-"""Albedo: linear diffuse reflectance in [0, 1], drawn directly as an RGB image (spec §1.2)."""
+"""Albedo: linear diffuse reflectance in [0, 1], drawn directly as an RGB image (docs/encodings.md)."""
 
 from __future__ import annotations
 

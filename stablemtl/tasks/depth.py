@@ -1,4 +1,6 @@
-"""Depth: metric z-depth drawn as a grey image by a per-image affine map between two quantiles (spec §1.2).
+"""Depth: metric z-depth drawn as a grey image by a per-image affine map between two quantiles.
+
+See docs/encodings.md.
 
 The model learns affine-invariant depth: the 2% / 98% quantiles of each image go to -1 / +1, so the
 decoded prediction in [0, 1] must be scale-and-shift aligned to metric depth at evaluation.

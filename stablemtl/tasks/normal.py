@@ -1,4 +1,4 @@
-"""Surface normals: unit camera-space vectors drawn directly as an RGB image (spec §1.2).
+"""Surface normals: unit camera-space vectors drawn directly as an RGB image (docs/encodings.md).
 
 Convention: +x points to the image left, +y up, +z towards the camera. A horizontal flip of the image
 therefore negates x and a vertical flip negates y.

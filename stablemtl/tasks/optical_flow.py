@@ -1,4 +1,6 @@
-"""Optical flow: pixel displacements, normalised per image and per axis, drawn as ``[u, v, u]`` (spec §1.2).
+"""Optical flow: pixel displacements, normalised per image and per axis, drawn as ``[u, v, u]``.
+
+See docs/encodings.md.
 
 The magnitude is lost by the normalisation; evaluation aligns each axis of the prediction to the
 ground truth. Needs the next frame as a second input.

@@ -1,4 +1,6 @@
-"""Scene flow: 3D motion in metres, normalised per image and per axis, drawn as ``[x, y, z]`` (spec §1.2).
+"""Scene flow: 3D motion in metres, normalised per image and per axis, drawn as ``[x, y, z]``.
+
+See docs/encodings.md.
 
 The label is in the OpenCV camera frame (x right, y down, z forward): the position of a surface point in
 the frame-t+1 camera minus its position in the frame-t camera. A horizontal image flip negates x and a

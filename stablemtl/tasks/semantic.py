@@ -1,4 +1,4 @@
-"""Semantic segmentation: class ids drawn with an 8-colour Cityscapes palette (spec §1.2).
+"""Semantic segmentation: class ids drawn with an 8-colour Cityscapes palette (docs/encodings.md).
 
 Decoding picks the nearest palette colour (L2 in [-1, 1] space), so the palette must stay fixed
 between training and inference.

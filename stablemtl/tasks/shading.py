@@ -1,4 +1,4 @@
-"""Shading: grey linear shading in [0, 1], repeated over 3 channels (spec §1.2)."""
+"""Shading: grey linear shading in [0, 1], repeated over 3 channels (docs/encodings.md)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from PIL import Image
 from stablemtl.tasks.base import Task, batched, batched_image3, single_prediction, to_pil_rgb, unbatch
 from stablemtl.tasks.registry import register_task
 
-# Luminance weights of the official get_brightness (spec §1.2), applied to RGB shading.
+# Luminance weights of the official get_brightness (docs/encodings.md), applied to RGB shading.
 LUMINANCE_WEIGHTS = (0.3, 0.59, 0.11)
 
 

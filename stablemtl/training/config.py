@@ -2,7 +2,7 @@
 
 Precedence: dataclass defaults < YAML (``--config``) < flags. Flag names follow diffusers' training
 examples (``train_text_to_image.py``) where they mean the same thing. Defaults reproduce the official
-stage-1 run where it is known (spec §3.3, §8) except the step budget, which ``configs/*.yaml`` set.
+stage-1 run where it is known (docs/training.md) except the step budget, which ``configs/*.yaml`` set.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class TrainConfig:
     second_frame: str = "duplicate"  # input of non-flow tasks: "duplicate" (z2 = z1) or "zero"
     input_noise: str = "deterministic"  # target slot of the UNet input: zeros or standard normal noise
     # data
-    train_data: list[str] = field(default_factory=list)  # dataset folders, one per source
+    train_data: list[str] = field(default_factory=list)  # sources, one per entry (load_source specs)
     validation_data: list[str] = field(default_factory=list)  # default: the training sources
     tasks: list[str] | None = None  # None: every registered task that some source labels
     source_weights: dict[str, dict[str, float]] = field(default_factory=dict)  # {task: {source: w}}
@@ -161,7 +161,8 @@ HELP = {
     "timestep": "fixed UNet timestep of the one-step regressor",
     "second_frame": "second-frame latent of non-flow tasks: duplicate (z2 = z1, official) or zero",
     "input_noise": "target slot of the UNet input: deterministic (zeros, the paper) or random (noise)",
-    "train_data": "dataset folders, one per source (written by stablemtl-make-data or a reader)",
+    "train_data": "sources, one per entry: data folders, configs/data/<set>.yaml, 'reader:root' or 'hub:id' "
+    "(see docs/data.md)",
     "validation_data": "folders for validation grids; default: the training sources",
     "tasks": "tasks to train, in round-robin order; default: every task some source labels",
     "source_weights": "JSON {task: {source: weight}}: within-task source probabilities (by source name)",

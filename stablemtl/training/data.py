@@ -21,6 +21,9 @@ from stablemtl.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
+# The keys of the Sample contract (stablemtl.data); anything else a source adds is passed on as extras.
+SAMPLE_KEYS = frozenset({"image", "next_image", "source", "labels", "valid", "intrinsics", "index"})
+
 
 class KeyedSources(Dataset):
     """Several sources behind one map-style dataset indexed by sampler keys ``(task, source, index, epoch)``.
@@ -76,7 +79,14 @@ def collate_groups(items: Sequence[tuple[str, Mapping]]) -> list[dict]:
     by_task: dict[str, list[Mapping]] = {}
     for task, sample in items:
         by_task.setdefault(task, []).append(sample)
-    return [collate_task_batch(samples, task) for task, samples in by_task.items()]
+    groups = []
+    for task, samples in by_task.items():
+        group = collate_task_batch(samples, task)
+        extras = [{k: v for k, v in s.items() if k not in SAMPLE_KEYS} for s in samples]
+        if any(extras):  # per-sample data a wrapped source adds (e.g. stored targets): the objective's
+            group["extras"] = extras
+        groups.append(group)
+    return groups
 
 
 def source_info(dataset: Dataset, tasks: Sequence[str] | None = None) -> SourceInfo:
@@ -105,12 +115,15 @@ def resolve_tasks(requested: Sequence[str] | None, infos: Sequence[SourceInfo]) 
 
 
 def build_training_data(
-    config: TrainConfig, rank: int = 0, world_size: int = 1
+    config: TrainConfig, rank: int = 0, world_size: int = 1, wrap_source=None
 ) -> tuple[TaskIsolatedSampler, DataLoader, list[Dataset]]:
-    """Load ``config.train_data`` and build the sampler and a DataLoader over its micro-batches."""
+    """Load ``config.train_data`` (each source wrapped by ``wrap_source(dataset, index)`` when given) and
+    build the sampler and a DataLoader over its micro-batches."""
     if not config.train_data:
         raise ValueError("train_data is empty: pass --train_data DIR [DIR ...] (one folder per source)")
     datasets = [load_source(path, augment=config.augment, seed=config.seed) for path in config.train_data]
+    if wrap_source is not None:
+        datasets = [wrap_source(d, i) for i, d in enumerate(datasets)]
     tasks = resolve_tasks(config.tasks, [source_info(d) for d in datasets])
     infos = [source_info(d, tasks) for d in datasets]
     sampler = TaskIsolatedSampler(

@@ -23,6 +23,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 
 from stablemtl.data.sampler import TaskIsolatedSampler
+from stablemtl.utils import atomic_write_text
 
 SAMPLER_FILE = "sampler.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -43,7 +44,7 @@ def save_extra_state(folder: str | Path, sampler: TaskIsolatedSampler, ema: EMAM
         {f"{_SHADOW}{i}": p.detach().cpu().contiguous() for i, p in enumerate(shadow)},
         str(folder / EMA_FILE),
     )
-    (folder / EMA_SCALARS_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
+    atomic_write_text(folder / EMA_SCALARS_FILE, json.dumps(state, indent=2, sort_keys=True))
 
 
 def load_extra_state(

@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from stablemtl.hub import push_folder_to_hub
@@ -37,12 +38,15 @@ from stablemtl.training.objectives.base import Objective
 from stablemtl.training.schedule import get_warmup_exponential_scheduler
 from stablemtl.training.step import micro_step
 from stablemtl.training.validation import ValidationSet, run_validation
+from stablemtl.utils import atomic_write_text
 
 logger = get_logger(__name__)
 
 # Builds the model's objective once the data has decided the task list and the training resolution
 # (``config.resolution``, else the largest side of the training samples).
 ObjectiveFactory = Callable[[list[str], TrainConfig, int], Objective]
+# Wraps a loaded training source (dataset, index) -> dataset.
+SourceWrapper = Callable[[Dataset, int], Dataset]
 # Called on every rank after every micro-batch with (optimizer step index, the micro-batch's groups,
 # whether the optimizer stepped, the unwrapped trainable modules): tests audit what each update consumed.
 MicroBatchHook = Callable[[int, list, bool, dict], None]
@@ -127,12 +131,17 @@ def _first_non_finite(modules: dict[str, torch.nn.Module]) -> str | None:
 
 
 def train(
-    config: TrainConfig, objective_factory: ObjectiveFactory, on_micro_batch: MicroBatchHook | None = None
+    config: TrainConfig,
+    objective_factory: ObjectiveFactory,
+    on_micro_batch: MicroBatchHook | None = None,
+    wrap_source: SourceWrapper | None = None,
 ) -> Path:
     """Train the model of ``objective_factory`` as ``config`` says; return the output folder.
 
     Works in-process (tests, the demo) and under ``accelerate launch`` / ``torchrun`` (every rank calls it).
-    ``on_micro_batch`` observes what each micro-batch held (tests use it).
+    ``on_micro_batch`` observes what each micro-batch held (tests use it). ``wrap_source(dataset, index)``
+    may wrap each training source, e.g. to serve stored per-sample targets: sample keys beyond the Sample
+    contract reach the objective as ``group["extras"]`` (one dict per sample).
     """
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
@@ -159,11 +168,14 @@ def train(
 
     # 1. data and model
     sampler, loader, sources = build_training_data(
-        config, accelerator.process_index, accelerator.num_processes
+        config, accelerator.process_index, accelerator.num_processes, wrap_source
     )
     tasks = sampler.tasks
     resolution = config.resolution or max(max(source[0]["image"].shape[-2:]) for source in sources)
     objective = objective_factory(list(tasks), config, int(resolution))
+    if objective.ddp_find_unused_parameters:
+        ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=True)
+        accelerator.ddp_handler = ddp_kwargs  # read by accelerator.prepare when it wraps in DDP
     modules = objective.trainable_modules()
     _check_backends(config, accelerator, modules)
     weight_dtype = _weight_dtype(accelerator.mixed_precision)
@@ -284,7 +296,7 @@ def train(
         if ema is not None:
             ema.copy_to(_parameters(final))
         objective.save_model(final, output_dir)
-        (output_dir / "training_config.json").write_text(config.to_json())
+        atomic_write_text(output_dir / "training_config.json", config.to_json())
         if config.push_to_hub:
             push_folder_to_hub(
                 output_dir,

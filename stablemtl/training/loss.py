@@ -1,4 +1,4 @@
-"""The unified masked latent MSE of StableMTL (spec §3.3): one loss for every task."""
+"""The unified masked latent MSE of StableMTL (docs/training.md): one loss for every task."""
 
 from __future__ import annotations
 

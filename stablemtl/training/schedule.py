@@ -1,4 +1,4 @@
-"""The official learning-rate schedule, counted in optimizer steps (spec §3.3).
+"""The official learning-rate schedule, counted in optimizer steps (docs/training.md).
 
 Linear warm-up from 0 to 1 over ``warmup_steps``, then exponential decay reaching ``final_ratio`` at
 ``total_steps`` and staying there. The official run warms up for 100 steps and decays over 25,000

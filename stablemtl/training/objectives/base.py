@@ -25,6 +25,9 @@ class Objective(ABC):
     and :meth:`save_model`.
     """
 
+    # DDP must look for parameters without a gradient (e.g. one head per task-isolated micro-batch).
+    ddp_find_unused_parameters: bool = False
+
     @abstractmethod
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
         """The modules whose parameters the optimizer updates, by name (the order is kept)."""

@@ -1,4 +1,4 @@
-"""StableMTL-S, the single-stream model (paper §3.2): the stage-1 objective of the shared loop.
+"""StableMTL-S, the single-stream model (docs/architecture.md): the stage-1 objective of the shared loop.
 
 For a micro-batch of task ``m``:
 
@@ -7,7 +7,7 @@ For a micro-batch of task ``m``:
    all images of the micro-batch in one VAE call (:class:`~stablemtl.models.latent_step.LatentStep`);
 2. the UNet sees ``cat[z1, z2, y_in]`` at the fixed timestep, conditioned on the task token, and
    predicts the target latent directly (x0 prediction);
-3. the loss is the masked latent MSE with ``Task.latent_valid_mask`` (paper §3.2, Eq. 2).
+3. the loss is the masked latent MSE with ``Task.latent_valid_mask`` (docs/training.md).
 
 A micro-batch is a list of per-task groups: one under task isolation, one per task under the ``joint``
 ablation (the groups share a source, hence a resolution; the task prompts are padded with an

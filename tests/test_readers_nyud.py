@@ -1,0 +1,91 @@
+"""NYUD-v2 (MTL layout) reader and its one-label / random-labels protocols."""
+
+import numpy as np
+import pytest
+import torch
+
+from stablemtl.data import load_source
+from stablemtl.data.readers.nyud import draw_labels
+from stablemtl.tasks import IGNORE_INDEX
+
+H, W, N = 4, 6, 9
+
+
+@pytest.fixture
+def nyud(tmp_path):
+    root = tmp_path / "nyuv2"
+    for kind in ("image", "label", "depth", "normal"):
+        (root / "train" / kind).mkdir(parents=True)
+    for i in range(N):
+        np.save(root / f"train/image/{i}.npy", np.full((H, W, 3), i / 10, np.float32))
+        label = np.full((H, W), 12.0, np.float32)
+        label[0, 0] = -1.0
+        np.save(root / f"train/label/{i}.npy", label)
+        depth = np.full((H, W, 1), 2.0 + i, np.float32)
+        depth[1, 1] = 0.0
+        np.save(root / f"train/depth/{i}.npy", depth)
+        normal = np.zeros((H, W, 3), np.float32)
+        normal[..., 1] = 1.0
+        normal[2, 2] = 0.0
+        np.save(root / f"train/normal/{i}.npy", normal)
+    return root
+
+
+def test_full_labels_decode_ids_depth_and_normals(nyud):
+    reader = load_source({"reader": "nyud", "root": nyud, "resolution": None})
+    assert len(reader) == N
+    sample = reader[3]
+    assert sample["image"][0, 0, 0].item() == pytest.approx(0.3)
+    ids = sample["labels"]["semantic"][0]
+    assert ids[1, 1] == 12 and ids[0, 0] == IGNORE_INDEX and not sample["valid"]["semantic"][0, 0]
+    assert (
+        sample["labels"]["depth"][0, 0, 0].item() == pytest.approx(5.0) and not sample["valid"]["depth"][1, 1]
+    )
+    torch.testing.assert_close(sample["labels"]["normal"][:, 0, 0], torch.tensor([0.0, 1.0, 0.0]))
+    assert not sample["valid"]["normal"][2, 2]
+
+
+def test_one_label_keeps_exactly_one_task_per_image_balanced_and_fixed(nyud):
+    spec = {"reader": "nyud", "root": nyud, "protocol": "one-label", "label_seed": 3}
+    reader = load_source(spec)
+    counts = {t: len(reader.rows_with_task(t)) for t in ("semantic", "depth", "normal")}
+    assert counts == {"semantic": 3, "depth": 3, "normal": 3}
+    for index in range(N):
+        sample = reader[index]
+        assert len(sample["labels"]) == 1 and list(sample["labels"]) == reader.tasks_of(index)
+    assert [load_source(spec).tasks_of(i) for i in range(N)] == [reader.tasks_of(i) for i in range(N)]
+    # A training draw for a task reads that label only, on an image that has it.
+    first_depth = reader.rows_with_task("depth")[0]
+    assert list(reader.item(first_depth, "depth")["labels"]) == ["depth"]
+
+
+def test_random_labels_keep_one_or_two_tasks():
+    keep = draw_labels(795, "random-labels", seed=0)
+    assert set(keep.sum(1).tolist()) == {1, 2}
+    assert 350 < keep.sum(1).tolist().count(1) < 450  # k ~ U{1, 2}
+    assert not np.array_equal(keep, draw_labels(795, "random-labels", seed=1))
+    one = draw_labels(795, "one-label", seed=0)
+    assert one.sum(0).tolist() == [265, 265, 265] and (one.sum(1) == 1).all()
+    with pytest.raises(ValueError, match="protocol"):
+        draw_labels(5, "half-labels", seed=0)
+
+
+def test_label_files_npy_and_mtl_psl_pth(nyud, tmp_path):
+    weights = np.zeros((N, 3), np.float32)
+    weights[:, 1] = 1  # depth only
+    weights[0] = (1, 0, 1)
+    np.save(tmp_path / "labels.npy", weights)
+    reader = load_source({"reader": "nyud", "root": nyud, "label_file": tmp_path / "labels.npy"})
+    assert reader.tasks_of(0) == ["semantic", "normal"] and reader.tasks_of(1) == ["depth"]
+    torch.save({"labels_weights": torch.from_numpy(weights)}, tmp_path / "onelabel.pth")
+    reader = load_source({"reader": "nyud", "root": nyud, "label_file": tmp_path / "onelabel.pth"})
+    assert reader.rows_with_task("semantic") == [0]
+    np.save(tmp_path / "short.npy", weights[:3])
+    with pytest.raises(ValueError, match=r"expected an \(9, 3\)"):
+        load_source({"reader": "nyud", "root": nyud, "label_file": tmp_path / "short.npy"})
+
+
+def test_an_image_of_unexpected_encoding_is_an_error(nyud):
+    np.save(nyud / "train/image/0.npy", np.full((H, W, 3), 200.0, np.float32))
+    with pytest.raises(ValueError, match="uint8 or floats in"):
+        load_source({"reader": "nyud", "root": nyud})[0]
