@@ -73,6 +73,7 @@ def test_training_steps_lower_the_loss_and_move_away_from_stage1(stage1, tmp_pat
     modules = ms.trainable_modules()
     trainable = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     assert {id(p) for p in trainable} == {id(p) for p in ms.model.task_attention.parameters()}
+    assert ms.ddp_find_unused_parameters  # one main task per micro-batch leaves other tasks' MLPs unused
     optimizer = torch.optim.Adam(trainable, lr=3e-3)
     groups = [group("normal", seed=1)]
     torch.manual_seed(0)

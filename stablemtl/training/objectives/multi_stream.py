@@ -72,6 +72,10 @@ class MultiStreamObjective(StableMTLObjective):
         training_info: facts recorded in the saved pipeline's model card.
     """
 
+    # Each micro-batch trains one main task: the other tasks' query MLPs (and, with exclude_main_task, the
+    # main task's own key/value MLPs) get no gradient, so DDP must look for unused parameters (as officially).
+    ddp_find_unused_parameters = True
+
     def __init__(
         self,
         pipe: StableMTLMultiStreamPipeline,
