@@ -18,6 +18,13 @@ Run (through accelerate, as every training entry point of the toolkit)::
 
 The model card written beside the weights records the command, the steps and the measured
 reconstruction quality per task on held-out renders.
+
+Data hygiene: pre-training renders only the dedicated ``pretrain`` split, a random stream that no
+training, validation or evaluation split can reproduce (``stablemtl.data.synthetic.sample.scene_rng``);
+the reconstruction quality is measured on ``test``-split renders of ``--eval_seed``, which neither
+pre-training nor the demo's test rows use. Measure an existing base without training it::
+
+    python train_scripts/pretrain_tiny_base.py --measure_only assets/stablemtl-tiny-base
 """
 
 from __future__ import annotations
@@ -72,25 +79,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vae_steps", type=int, default=12000)
     parser.add_argument("--vae_lr", type=float, default=1e-3)
     parser.add_argument("--vae_kl_weight", type=float, default=1e-6)
+    parser.add_argument(
+        "--label_share", type=float, default=None,
+        help="fraction in [0, 1] of each VAE batch drawn from label images (default: pool share)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--eval_seed", type=int, default=7919, help="seed of the measured held-out test renders"
+    )
+    parser.add_argument(
+        "--measure_only", default=None,
+        help="measure the VAE of this base folder on the held-out renders and exit (no training)",
+    )  # fmt: skip
     parser.add_argument("--unet_steps", type=int, default=800)
     parser.add_argument("--unet_lr", type=float, default=5e-4)
     parser.add_argument("--train_batch_size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.label_share is not None and not 0.0 <= args.label_share <= 1.0:
+        raise ValueError(f"label_share must be in [0, 1], got {args.label_share}")
+    return args
 
 
-def render_pool(n_scenes: int, resolution: int, seed: int) -> dict[str, torch.Tensor]:
-    """Render ``n_scenes`` per profile with every label and return stacked VAE targets in [-1, 1].
+def render_pool(
+    n_scenes: int, resolution: int, seed: int, split: str = "pretrain"
+) -> dict[str, torch.Tensor]:
+    """Render rows ``0..n_scenes-1`` of ``split`` per profile, every label; stacked VAE targets in [-1, 1].
 
     Returns ``{"rgb": (N,3,H,W), "captions": list, <task>: (M,3,H,W) encoded label images}``.
     """
     pool: dict[str, list] = {"rgb": [], "captions": []}
     total = n_scenes * len(PROFILES)
-    with tqdm(total=total, desc=f"render (seed {seed})") as bar:
+    with tqdm(total=total, desc=f"render {split} (seed {seed})") as bar:
         for profile in PROFILES:
             for index in range(n_scenes):
-                sample = render_sample(profile, seed=seed * 1_000_003 + index, size=resolution, split="test")
+                sample = render_sample(profile, seed=seed, size=resolution, split=split, index=index)
                 for frame in ("image", "next_image"):
                     if frame in sample:
                         pool["rgb"].append(sample[frame] * 2 - 1)
@@ -102,9 +125,23 @@ def render_pool(n_scenes: int, resolution: int, seed: int) -> dict[str, torch.Te
     return {k: (torch.stack(v) if k != "captions" else v) for k, v in pool.items()}
 
 
-def vae_targets(pool: dict) -> torch.Tensor:
-    """Every image the VAE must reconstruct: RGB plus every encoded label image, (N,3,H,W) in [-1, 1]."""
-    return torch.cat([v for k, v in pool.items() if k != "captions"])
+def vae_targets(pool: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the VAE must reconstruct: ``(rgb (N,3,H,W), every encoded label image (M,3,H,W))`` in [-1, 1]."""
+    labels = [v for k, v in pool.items() if k not in ("captions", "rgb")]
+    return pool["rgb"], torch.cat(labels)
+
+
+def vae_batch(rgb: torch.Tensor, labels: torch.Tensor, args, generator: torch.Generator) -> torch.Tensor:
+    """One VAE batch of random crops; ``args.label_share`` of it from label images (None: pool share)."""
+    n = args.train_batch_size
+    share = len(labels) / (len(labels) + len(rgb)) if args.label_share is None else args.label_share
+    n_labels = round(share * n)
+    parts = [
+        random_crops(pool, k, args.vae_crop, generator)
+        for pool, k in ((rgb, n - n_labels), (labels, n_labels))
+        if k
+    ]
+    return torch.cat(parts)
 
 
 def random_crops(images: torch.Tensor, n: int, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -125,7 +162,7 @@ def optimizer_step(accelerator: Accelerator, model, loss: torch.Tensor, optimize
     optimizer.zero_grad(set_to_none=True)
 
 
-def train_vae(accelerator: Accelerator, vae, images: torch.Tensor, args, generator: torch.Generator) -> None:
+def train_vae(accelerator: Accelerator, vae, targets: tuple, args, generator: torch.Generator) -> None:
     vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -134,7 +171,7 @@ def train_vae(accelerator: Accelerator, vae, images: torch.Tensor, args, generat
     vae_model, optimizer = accelerator.prepare(vae, optimizer)
     bar = tqdm(range(args.vae_steps), desc="VAE", disable=not accelerator.is_local_main_process)
     for _ in bar:
-        batch = random_crops(images, args.train_batch_size, args.vae_crop, generator).to(accelerator.device)
+        batch = vae_batch(*targets, args, generator).to(accelerator.device)
         with accelerator.autocast():
             posterior = vae_model.encode(batch).latent_dist
             # Decode the posterior mean: StableMTL only ever encodes with the mean (docs/encodings.md), and
@@ -238,7 +275,9 @@ Parameters: {params}.
 {command}
 ```
 - Data: {args.n_scenes} renders per profile ({", ".join(PROFILES)}) at {args.resolution}x{args.resolution}
-  px, test split (every label), seed {args.seed}; both frames of each pair are RGB training images.
+  px, the dedicated `pretrain` split (every label; a random stream no training or evaluation split
+  reproduces), seed {args.seed}; both frames of each pair are RGB training images. Label images make
+  {"their pool share" if args.label_share is None else f"{100 * args.label_share:.0f} %"} of each VAE batch.
   The VAE trains on random {args.vae_crop}x{args.vae_crop} crops (it is fully convolutional).
 - VAE: `block_out_channels` {tuple(args.vae_channels)}, {args.vae_layers_per_block} layer(s) per block;
   {args.vae_steps} AdamW steps (lr {args.vae_lr}, cosine, batch {args.train_batch_size}), L1 + L2
@@ -251,7 +290,7 @@ Parameters: {params}.
 - Text encoder: seeded random initialisation, frozen (as SD's text encoder is frozen).
 - Time on a 2-core CPU (shared with other jobs): VAE {timings["vae"]:.0f} s, UNet {timings["unet"]:.0f} s.
 
-## Reconstruction on held-out renders ({args.n_eval_scenes} scenes per profile, another seed)
+## Reconstruction on held-out test renders ({args.n_eval_scenes} per profile, seed {args.eval_seed})
 PSNR in dB over images in [-1, 1] (data range 2); semantic accuracy is the palette decoding of the
 reconstructed label image against the true class ids, in %.
 
@@ -265,9 +304,22 @@ Licence: Apache-2.0 (code and weights).
 """)
 
 
+def measure_base(folder: str | Path, args) -> dict[str, float]:
+    """Label reconstruction of ``folder``'s VAE on the held-out test renders (``--eval_seed``)."""
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae").eval()
+    quality = reconstruction_quality(
+        vae, render_pool(args.n_eval_scenes, args.resolution, args.eval_seed, "test")
+    )
+    quality["scaling_factor"] = vae.config.scaling_factor
+    return quality
+
+
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    if args.measure_only:
+        print(json.dumps(measure_base(args.measure_only, args), indent=1))
+        return Path(args.measure_only)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     set_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -280,7 +332,7 @@ def main(argv: list[str] | None = None) -> Path:
     text_encoder, tokenizer = components["text_encoder"], components["tokenizer"]
 
     train_pool = render_pool(args.n_scenes, args.resolution, args.seed)
-    eval_pool = render_pool(args.n_eval_scenes, args.resolution, args.seed + 1)
+    eval_pool = render_pool(args.n_eval_scenes, args.resolution, args.eval_seed, split="test")
     timings = {}
     start = time.perf_counter()
     train_vae(accelerator, vae, vae_targets(train_pool), args, generator)

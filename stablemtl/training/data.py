@@ -89,13 +89,29 @@ def collate_groups(items: Sequence[tuple[str, Mapping]]) -> list[dict]:
     return groups
 
 
-def source_info(dataset: Dataset, tasks: Sequence[str] | None = None) -> SourceInfo:
+def held_out_rows(config: TrainConfig) -> int:
+    """Rows at the end of every training source that training never draws, kept for validation:
+    ``num_validation_images`` when no ``validation_data`` is given (so that validation is held out,
+    never in-sample), else none."""
+    return 0 if config.validation_data else config.num_validation_images
+
+
+def source_info(dataset: Dataset, tasks: Sequence[str] | None = None, held_out: int = 0) -> SourceInfo:
     """The sampler's view of a loaded source: name, size, labelled tasks and, for ``tasks``, the rows
-    that label each (sources whose rows label different tasks expose ``rows_with_task``)."""
+    that label each (sources whose rows label different tasks expose ``rows_with_task``). The last
+    ``held_out`` rows are left out: the sampler only sees rows ``[0, len - held_out)``."""
+    size = len(dataset) - held_out
+    if size < 1:
+        raise ValueError(
+            f"source {dataset.source!r} has {len(dataset)} rows, all held out for validation "
+            f"(num_validation_images={held_out}): pass validation_data or lower num_validation_images"
+        )
     rows = None
     if tasks is not None and hasattr(dataset, "rows_with_task"):
-        rows = {t: tuple(dataset.rows_with_task(t)) for t in tasks if t in dataset.tasks}
-    return SourceInfo(name=str(dataset.source), size=len(dataset), tasks=tuple(dataset.tasks), rows=rows)
+        rows = {
+            t: tuple(r for r in dataset.rows_with_task(t) if r < size) for t in tasks if t in dataset.tasks
+        }
+    return SourceInfo(name=str(dataset.source), size=size, tasks=tuple(dataset.tasks), rows=rows)
 
 
 def resolve_tasks(requested: Sequence[str] | None, infos: Sequence[SourceInfo]) -> list[str]:
@@ -125,7 +141,10 @@ def build_training_data(
     if wrap_source is not None:
         datasets = [wrap_source(d, i) for i, d in enumerate(datasets)]
     tasks = resolve_tasks(config.tasks, [source_info(d) for d in datasets])
-    infos = [source_info(d, tasks) for d in datasets]
+    held_out = held_out_rows(config)
+    if held_out:
+        logger.info("validation holds out the last %d rows of each training source", held_out)
+    infos = [source_info(d, tasks, held_out) for d in datasets]
     sampler = TaskIsolatedSampler(
         infos,
         tasks,
