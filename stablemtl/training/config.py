@@ -165,8 +165,8 @@ HELP = {
     "input_noise": "target slot of the UNet input: deterministic (zeros, the paper) or random (noise)",
     "train_data": "sources, one per entry: data folders, configs/data/<set>.yaml, 'reader:root' or 'hub:id' "
     "(see docs/data.md)",
-    "validation_data": "folders for validation grids; default: the last num_validation_images rows of "
-    "each training source, held out of training",
+    "validation_data": "folders for validation grids; default: the last num_validation_images rows (at "
+    "most a quarter) of each training source, held out of training",
     "tasks": "tasks to train, in round-robin order; default: every task some source labels",
     "source_weights": "JSON {task: {source: weight}}: within-task source probabilities (by source name)",
     "task_sampling": "task of each optimizer step: round_robin (official) | uniform | adaptive",

@@ -89,11 +89,11 @@ def collate_groups(items: Sequence[tuple[str, Mapping]]) -> list[dict]:
     return groups
 
 
-def held_out_rows(config: TrainConfig) -> int:
-    """Rows at the end of every training source that training never draws, kept for validation:
-    ``num_validation_images`` when no ``validation_data`` is given (so that validation is held out,
-    never in-sample), else none."""
-    return 0 if config.validation_data else config.num_validation_images
+def held_out_rows(config: TrainConfig, size: int) -> int:
+    """How many rows at the end of a training source of ``size`` rows training never draws, kept for
+    validation: without ``validation_data``, ``num_validation_images`` but at most a quarter of the
+    source (a tiny source keeps most of its rows for training); with ``validation_data``, none."""
+    return 0 if config.validation_data else min(config.num_validation_images, size // 4)
 
 
 def source_info(dataset: Dataset, tasks: Sequence[str] | None = None, held_out: int = 0) -> SourceInfo:
@@ -101,10 +101,9 @@ def source_info(dataset: Dataset, tasks: Sequence[str] | None = None, held_out: 
     that label each (sources whose rows label different tasks expose ``rows_with_task``). The last
     ``held_out`` rows are left out: the sampler only sees rows ``[0, len - held_out)``."""
     size = len(dataset) - held_out
-    if size < 1:
+    if not 0 <= held_out < len(dataset):
         raise ValueError(
-            f"source {dataset.source!r} has {len(dataset)} rows, all held out for validation "
-            f"(num_validation_images={held_out}): pass validation_data or lower num_validation_images"
+            f"held_out must be in [0, {len(dataset)}) for source {dataset.source!r}, got {held_out}"
         )
     rows = None
     if tasks is not None and hasattr(dataset, "rows_with_task"):
@@ -141,10 +140,10 @@ def build_training_data(
     if wrap_source is not None:
         datasets = [wrap_source(d, i) for i, d in enumerate(datasets)]
     tasks = resolve_tasks(config.tasks, [source_info(d) for d in datasets])
-    held_out = held_out_rows(config)
-    if held_out:
-        logger.info("validation holds out the last %d rows of each training source", held_out)
-    infos = [source_info(d, tasks, held_out) for d in datasets]
+    held_out = [held_out_rows(config, len(d)) for d in datasets]
+    if any(held_out):
+        logger.info("validation holds out the last rows of each training source: %s", held_out)
+    infos = [source_info(d, tasks, n) for d, n in zip(datasets, held_out)]
     sampler = TaskIsolatedSampler(
         infos,
         tasks,

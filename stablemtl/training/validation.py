@@ -73,9 +73,9 @@ class ValidationSet:
             return cls(
                 validation_groups(sources, tasks, config.num_validation_images), "held-out validation_data"
             )
-        held_out = held_out_rows(config)
-        tails = [range(max(0, len(s) - held_out), len(s)) for s in sources]
-        origin = f"the last {held_out} rows of each training source, held out of training"
+        held_out = [held_out_rows(config, len(s)) for s in sources]
+        tails = [range(len(s) - n, len(s)) for s, n in zip(sources, held_out)]
+        origin = f"the last {'/'.join(map(str, held_out))} rows of the training sources, held out of training"
         return cls(validation_groups(sources, tasks, config.num_validation_images, tails), origin)
 
     def __bool__(self) -> bool:
