@@ -7,8 +7,9 @@
 3. train one single-task reference per task on the same data with the same budget per task: stage 1
    cycles through T tasks, so each of its tasks gets ``steps / T`` optimizer steps, and so does each
    reference (``--reference_steps`` overrides this; all references together cost one stage-1 run);
-4. score every model and a constant predictor (the trivial baseline every task must beat) with the
-   one evaluator, and write ``report.md``, ``metrics.json`` and PNG pictures.
+4. score every model, a constant predictor (the trivial baseline every task must beat) and the
+   encoding and ceiling rows (a perfect model without and with the base's VAE) with the one
+   evaluator, and write ``report.md``, ``metrics.json`` and PNG pictures.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from stablemtl.cli.help_format import DefaultsHelpFormatter
+from stablemtl.cli.oracles import oracle_predictors
 from stablemtl.data import load_source, make_dataset
 from stablemtl.evaluation import build_reference, evaluate_models, write_report
 from stablemtl.evaluation.trivial import ConstantPredictor
@@ -156,7 +158,11 @@ def main(argv: list[str] | None = None) -> Path:
     reference = build_reference(single_reports) if single_reports else None
 
     train_samples = [s for d in train_dirs for s in load_source(d, augment=False)]
-    predictors = {"StableMTL-S": stage1, "constant": ConstantPredictor.from_samples(train_samples)}
+    predictors = {
+        "StableMTL-S": stage1,
+        "constant": ConstantPredictor.from_samples(train_samples),
+        **oracle_predictors({"StableMTL-S": stage1}),
+    }
     evaluation = evaluate_models(predictors, test_samples, tasks, num_visuals=4, seed=args.seed)
     reports = {**evaluation.reports, **{r["name"]: r for r in single_reports}}
     write_report(out, reports, reference, evaluation.visuals, title="stablemtl demo")

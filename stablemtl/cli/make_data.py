@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n", type=int, required=True, help="number of rows")
     parser.add_argument("--out", required=True, help="output folder (datasets.load_from_disk-able)")
     parser.add_argument(
-        "--split", default="train", choices=list(SPLITS),
+        "--split",
+        default="train",
+        choices=list(SPLITS),
         help="test and pretrain rows carry every label; each split is its own random stream",
     )
     parser.add_argument(
