@@ -352,6 +352,10 @@ def main(argv: list[str] | None = None) -> Path:
         )
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent if out.parent.exists() else None))
         pipe.save_pretrained(tmp, safe_serialization=True)
+        size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+        quality["size_mb"] = size / 2**20
+        if size > 40 * 2**20:  # the asset budget of the embedded base (tests/test_pretrain_tiny_base.py)
+            logger.warning("the base is %.1f MB, over the 40 MB budget of assets/", size / 2**20)
         n_params = {
             name: sum(p.numel() for p in m.parameters())
             for name, m in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder))
