@@ -87,6 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--eval_seed", type=int, default=7919, help="seed of the measured held-out test renders"
     )
     parser.add_argument(
+        "--measure_every", type=int, default=0,
+        help="measure the held-out reconstruction every N VAE steps: the curve goes into the model card",
+    )  # fmt: skip
+    parser.add_argument(
         "--measure_only", default=None,
         help="measure the VAE of this base folder on the held-out renders and exit (no training)",
     )  # fmt: skip
@@ -162,7 +166,10 @@ def optimizer_step(accelerator: Accelerator, model, loss: torch.Tensor, optimize
     optimizer.zero_grad(set_to_none=True)
 
 
-def train_vae(accelerator: Accelerator, vae, targets: tuple, args, generator: torch.Generator) -> None:
+def train_vae(
+    accelerator: Accelerator, vae, targets: tuple, args, generator: torch.Generator, on_measure=None
+) -> None:
+    """Train the VAE; every ``args.measure_every`` steps (and at the end) call ``on_measure(step)``."""
     vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -170,7 +177,11 @@ def train_vae(accelerator: Accelerator, vae, targets: tuple, args, generator: to
     )
     vae_model, optimizer = accelerator.prepare(vae, optimizer)
     bar = tqdm(range(args.vae_steps), desc="VAE", disable=not accelerator.is_local_main_process)
-    for _ in bar:
+    for step in bar:
+        if on_measure is not None and args.measure_every and step and step % args.measure_every == 0:
+            vae.eval()
+            on_measure(step)
+            vae.train()
         batch = vae_batch(*targets, args, generator).to(accelerator.device)
         with accelerator.autocast():
             posterior = vae_model.encode(batch).latent_dist
@@ -256,6 +267,9 @@ def write_model_card(out: Path, args, quality: dict, timings: dict, n_params: di
         "the levers (`--vae_channels`, `--vae_layers_per_block`, `--vae_steps`)."
     )
     params = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in n_params.items())
+    curve_note = (
+        f"every {args.measure_every} VAE steps, in `vae_curve.json`" if args.measure_every else "none"
+    )
     (out / "README.md").write_text(f"""---
 license: apache-2.0
 library_name: diffusers
@@ -284,6 +298,7 @@ Parameters: {params}.
   reconstruction (decoded from the posterior mean) of RGB images **and** of every task's label
   image (`Task.encode`), KL weight
   {args.vae_kl_weight}. `scaling_factor` = 1 / std of the posterior means = {quality["scaling_factor"]:.4f}.
+- Held-out curve: {curve_note}.
 - UNet: {args.unet_steps} AdamW steps (lr {args.unet_lr}, warm-up + cosine, batch
   {args.train_batch_size}), epsilon-prediction DDPM denoising of RGB latents conditioned on the captions
   {sorted(CAPTIONS.values())}.
@@ -335,7 +350,13 @@ def main(argv: list[str] | None = None) -> Path:
     eval_pool = render_pool(args.n_eval_scenes, args.resolution, args.eval_seed, split="test")
     timings = {}
     start = time.perf_counter()
-    train_vae(accelerator, vae, vae_targets(train_pool), args, generator)
+    curve: list[dict] = []
+
+    def measure(step: int) -> None:  # the held-out curve shows whether more steps would still help
+        curve.append({"step": step, **reconstruction_quality(vae, eval_pool)})
+        logger.info("VAE step %d: %s", step, json.dumps({k: round(v, 2) for k, v in curve[-1].items()}))
+
+    train_vae(accelerator, vae, vae_targets(train_pool), args, generator, measure)
     timings["vae"] = time.perf_counter() - start
     vae.register_to_config(scaling_factor=measure_scaling_factor(vae, train_pool["rgb"]))
     start = time.perf_counter()
@@ -344,6 +365,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     quality = reconstruction_quality(vae, eval_pool)
     quality["scaling_factor"] = vae.config.scaling_factor
+    if curve:
+        curve.append({"step": args.vae_steps, **{k: v for k, v in quality.items() if k != "scaling_factor"}})
     logger.info("reconstruction quality: %s", json.dumps(quality, indent=1))
     out = Path(args.output_dir)
     if accelerator.is_main_process:
@@ -363,6 +386,8 @@ def main(argv: list[str] | None = None) -> Path:
         command = "accelerate launch train_scripts/pretrain_tiny_base.py " + " ".join(argv or sys.argv[1:])
         write_model_card(tmp, args, quality, timings, n_params, command.strip())
         (tmp / "quality.json").write_text(json.dumps(quality, indent=1))
+        if curve:
+            (tmp / "vae_curve.json").write_text(json.dumps(curve, indent=1))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)  # atomic on one file system: a reader sees the old folder or the new one
