@@ -1,13 +1,15 @@
 """The main job on the embedded default, end to end on a CPU (``make demo``).
 
-1. render small, partially labelled synthetic sources (``indoor``, ``street``, ``flying``) and test
-   splits that carry every label;
+1. render small, partially labelled synthetic sources (``indoor``, ``street``, ``flying``), a small
+   validation split of each (held-out validation during training) and test splits that carry every
+   label; every split is its own random stream, so no scene is in two of them;
 2. train stage 1 (StableMTL-S) on all tasks with task-gradient isolation;
 3. train one single-task reference per task on the same data with the same budget per task: stage 1
    cycles through T tasks, so each of its tasks gets ``steps / T`` optimizer steps, and so does each
    reference (``--reference_steps`` overrides this; all references together cost one stage-1 run);
-4. score every model and a constant predictor (the trivial baseline every task must beat) with the
-   one evaluator, and write ``report.md``, ``metrics.json`` and PNG pictures.
+4. score every model, a constant predictor (the trivial baseline every task must beat) and the
+   encoding and ceiling rows (a perfect model without and with the base's VAE) with the one
+   evaluator, and write ``report.md``, ``metrics.json`` and PNG pictures.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from stablemtl.cli.help_format import DefaultsHelpFormatter
+from stablemtl.cli.oracles import oracle_predictors
 from stablemtl.data import load_source, make_dataset
 from stablemtl.evaluation import build_reference, evaluate_models, write_report
 from stablemtl.evaluation.trivial import ConstantPredictor
@@ -53,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--base", default=str(DEFAULT_BASE), help="pretrained SD-layout base: folder or Hub id"
     )
     parser.add_argument("--train_rows", type=int, default=96, help="rows rendered per training source")
+    parser.add_argument("--validation_rows", type=int, default=4, help="rows rendered per validation source")
     parser.add_argument("--test_rows", type=int, default=16, help="rows rendered per test source")
     parser.add_argument("--size", type=int, default=64, help="render resolution in pixels")
     parser.add_argument(
@@ -71,27 +75,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def render_sources(out: Path, args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
-    """Render the training sources and the test splits (resumable: finished folders are reused)."""
+def render_sources(out: Path, args: argparse.Namespace) -> tuple[list[Path], list[Path], list[Path]]:
+    """Render the training sources, their validation splits and the test splits (resumable: finished
+    folders are reused)."""
     train_dirs = [
         make_dataset(p, args.train_rows, out / "data" / p, size=args.size, split="train", seed=args.seed)
         for p in tqdm(TRAIN_SOURCES, desc="render training sources")
     ]
+    validation_dirs = [
+        make_dataset(
+            p, args.validation_rows, out / "data" / f"{p}_validation", size=args.size, split="validation",
+            seed=args.seed,
+        )
+        for p in tqdm(TRAIN_SOURCES, desc="render validation splits")
+    ]  # fmt: skip
     test_dirs = [
         make_dataset(
             p, args.test_rows, out / "data" / f"{p}_test", size=args.size, split="test", seed=args.seed + 1
         )
         for p in tqdm(TEST_SOURCES, desc="render test splits")
     ]
-    return train_dirs, test_dirs
+    return train_dirs, validation_dirs, test_dirs
 
 
 def train_model(
-    name: str, out: Path, train_dirs: list[Path], args, tasks: list[str] | None, steps: int | None = None
+    name: str,
+    out: Path,
+    data: tuple[list[Path], list[Path]],
+    args,
+    tasks: list[str] | None,
+    steps: int | None = None,
 ) -> Path:
-    """Train one stage-1 model (all tasks, or ``tasks``) and return its pipeline folder (reused if done)."""
+    """Train one stage-1 model (all tasks, or ``tasks``) on ``data = (training, validation folders)`` and
+    return its pipeline folder (reused if done)."""
+    train_dirs, validation_dirs = data
     overrides = {
         "train_data": [str(d) for d in train_dirs],
+        "validation_data": [str(d) for d in validation_dirs],
         "output_dir": str(out / "models" / name),
         "pretrained_model_name_or_path": args.base,
         "tasks": tasks,
@@ -115,8 +135,9 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.out)
     start = time.perf_counter()
 
-    train_dirs, test_dirs = render_sources(out, args)
-    models = {"StableMTL-S": train_model("stablemtl_s", out, train_dirs, args, None, args.max_train_steps)}
+    train_dirs, validation_dirs, test_dirs = render_sources(out, args)
+    data = (train_dirs, validation_dirs)
+    models = {"StableMTL-S": train_model("stablemtl_s", out, data, args, None, args.max_train_steps)}
     stage1 = StableMTLPipeline.from_pretrained(models["StableMTL-S"])
     tasks, stage1_steps = stage1.tasks, stage1.config.training_info["max_train_steps"]
     # Interleave the test sources so that the first prediction grids show each of them.
@@ -127,7 +148,7 @@ def main(argv: list[str] | None = None) -> Path:
     if not args.skip_references:
         steps = args.reference_steps or max(1, stage1_steps // len(tasks))
         for task in tqdm(tasks, desc=f"single-task references ({steps} steps each)"):
-            folder = train_model(f"single_{task}", out, train_dirs, args, [task], steps)
+            folder = train_model(f"single_{task}", out, data, args, [task], steps)
             single = StableMTLPipeline.from_pretrained(folder)
             single_reports.append(
                 evaluate_models(
@@ -137,7 +158,11 @@ def main(argv: list[str] | None = None) -> Path:
     reference = build_reference(single_reports) if single_reports else None
 
     train_samples = [s for d in train_dirs for s in load_source(d, augment=False)]
-    predictors = {"StableMTL-S": stage1, "constant": ConstantPredictor.from_samples(train_samples)}
+    predictors = {
+        "StableMTL-S": stage1,
+        "constant": ConstantPredictor.from_samples(train_samples),
+        **oracle_predictors({"StableMTL-S": stage1}),
+    }
     evaluation = evaluate_models(predictors, test_samples, tasks, num_visuals=4, seed=args.seed)
     reports = {**evaluation.reports, **{r["name"]: r for r in single_reports}}
     write_report(out, reports, reference, evaluation.visuals, title="stablemtl demo")
