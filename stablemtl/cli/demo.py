@@ -27,15 +27,13 @@ from stablemtl.data import load_source, make_dataset
 from stablemtl.evaluation import build_reference, evaluate_models, write_report
 from stablemtl.evaluation.trivial import ConstantPredictor
 from stablemtl.pipelines.pipeline_stablemtl import StableMTLPipeline
+from stablemtl.resources import config_file
 from stablemtl.training import train
 from stablemtl.training.config import load_config
 from stablemtl.utils import atomic_write_text
 
 logger = logging.getLogger("stablemtl.demo")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_BASE = REPO_ROOT / "assets" / "stablemtl-tiny-base"
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 TRAIN_SOURCES = ("indoor", "street", "flying")
 TEST_SOURCES = ("indoor", "street")  # a street test row carries all seven tasks, indoor adds rooms
 
@@ -48,9 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--out", default="runs/demo", help="folder for data, models and the report")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="training YAML file")
+    parser.add_argument("--config", default=None, help="training YAML file (default: the shipped demo.yaml)")
     parser.add_argument(
-        "--base", default=str(DEFAULT_BASE), help="pretrained SD-layout base: folder or Hub id"
+        "--base",
+        default=None,
+        help="pretrained SD-layout base: folder or Hub id (default: the embedded base)",
     )
     parser.add_argument("--train_rows", type=int, default=96, help="rows rendered per training source")
     parser.add_argument("--test_rows", type=int, default=16, help="rows rendered per test source")
@@ -100,7 +100,7 @@ def train_model(
     if steps is not None:
         overrides["max_train_steps"] = steps
         overrides["checkpointing_steps"] = overrides["validation_steps"] = max(1, steps // 2)
-    config = load_config(args.config, **overrides)
+    config = load_config(args.config or config_file("demo.yaml"), **overrides)
     final = Path(config.output_dir)
     if (final / "model_index.json").is_file():
         logger.info("%s: reusing %s", name, final)
