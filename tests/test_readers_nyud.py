@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stablemtl.data import load_source
-from stablemtl.data.readers.nyud import draw_labels
+from stablemtl.data.label_protocols import draw_labels
 from stablemtl.tasks import IGNORE_INDEX
 
 H, W, N = 4, 6, 9
@@ -60,14 +60,15 @@ def test_one_label_keeps_exactly_one_task_per_image_balanced_and_fixed(nyud):
 
 
 def test_random_labels_keep_one_or_two_tasks():
-    keep = draw_labels(795, "random-labels", seed=0)
+    everything = np.ones((795, 3), dtype=bool)
+    keep = draw_labels(everything, "random-labels", seed=0)
     assert set(keep.sum(1).tolist()) == {1, 2}
     assert 350 < keep.sum(1).tolist().count(1) < 450  # k ~ U{1, 2}
-    assert not np.array_equal(keep, draw_labels(795, "random-labels", seed=1))
-    one = draw_labels(795, "one-label", seed=0)
+    assert not np.array_equal(keep, draw_labels(everything, "random-labels", seed=1))
+    one = draw_labels(everything, "one-label", seed=0)
     assert one.sum(0).tolist() == [265, 265, 265] and (one.sum(1) == 1).all()
     with pytest.raises(ValueError, match="protocol"):
-        draw_labels(5, "half-labels", seed=0)
+        draw_labels(everything[:5], "half-labels", seed=0)
 
 
 def test_label_files_npy_and_mtl_psl_pth(nyud, tmp_path):

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from stablemtl.data.label_protocols import PROTOCOLS
 from stablemtl.models.latent_step import LatentStepSettings
 from stablemtl.resources import embedded_base
 from stablemtl.tasks import task_names
@@ -51,6 +52,8 @@ class TrainConfig:
     task_sampling: str = "round_robin"  # round_robin | uniform | adaptive
     task_grouping: str = "isolated"  # isolated | joint (mixed-task micro-batches, ablation)
     adaptive: dict[str, float] = field(default_factory=dict)  # AdaptiveTaskRule keyword arguments
+    label_protocol: str = "full"  # full | one-label | random-labels: hide labels of the training sources
+    label_seed: int = 0  # seed of the label protocol's draw (once per image)
     augment: bool = True
     resolution: int | None = None  # square crop side of training samples (random crop when augmenting)
     dataloader_num_workers: int = 0
@@ -108,6 +111,7 @@ class TrainConfig:
             "optimizer": ("adam", "adamw"),
             "mixed_precision": (None, "no", "fp16", "bf16"),
             "lr_scheduler": LR_SCHEDULERS,
+            "label_protocol": PROTOCOLS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -167,6 +171,9 @@ HELP = {
     "task_sampling": "task of each optimizer step: round_robin (official) | uniform | adaptive",
     "task_grouping": "isolated (one task per accumulation window) | joint (mixed-task batches, ablation)",
     "adaptive": "JSON keyword arguments of the adaptive rule (temperature, beta, floor)",
+    "label_protocol": "partial-label protocol of the multi-task literature applied to every training "
+    "source: full (every label), one-label (one task per image, balanced), random-labels (a random subset)",
+    "label_seed": "seed of the label protocol's once-per-image draw",
     "augment": "use each source's training augmentation",
     "resolution": "crop training samples to this square side (random crop when augmenting, else centred); "
     "the saved pipeline processes at this resolution by default",

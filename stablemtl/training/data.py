@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from stablemtl.data import collate_task_batch, load_source
 from stablemtl.data.augment import crop_sample
+from stablemtl.data.label_protocols import apply_label_protocol
 from stablemtl.data.sampler import SourceInfo, TaskIsolatedSampler
 from stablemtl.tasks import task_names
 from stablemtl.training.config import TrainConfig
@@ -122,9 +123,10 @@ def build_training_data(
     if not config.train_data:
         raise ValueError("train_data is empty: pass --train_data DIR [DIR ...] (one folder per source)")
     datasets = [load_source(path, augment=config.augment, seed=config.seed) for path in config.train_data]
+    tasks = resolve_tasks(config.tasks, [source_info(d) for d in datasets])
+    datasets = apply_label_protocol(datasets, config.label_protocol, config.label_seed, tasks)
     if wrap_source is not None:
         datasets = [wrap_source(d, i) for i, d in enumerate(datasets)]
-    tasks = resolve_tasks(config.tasks, [source_info(d) for d in datasets])
     infos = [source_info(d, tasks) for d in datasets]
     sampler = TaskIsolatedSampler(
         infos,

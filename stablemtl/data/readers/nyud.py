@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from stablemtl.data.augment import Augmentation
+from stablemtl.data.label_protocols import draw_labels
 from stablemtl.data.readers.base import Entry, Reader, add_label, check_shape, new_sample
 from stablemtl.data.readers.formats import read_npy
 from stablemtl.tasks import IGNORE_INDEX
@@ -30,28 +31,7 @@ from stablemtl.tasks import IGNORE_INDEX
 logger = logging.getLogger(__name__)
 
 TASK_ORDER = ("semantic", "depth", "normal")  # the column order of the MTL-PSL label files
-PROTOCOLS = ("full", "one-label", "random-labels")
 NUM_CLASSES = 13
-
-
-def draw_labels(num_images: int, protocol: str, seed: int, num_tasks: int = 3) -> np.ndarray:
-    """``(N, T)`` bool: which tasks each image keeps under ``protocol`` (drawn once from ``seed``)."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol {protocol!r} is unknown; use one of {', '.join(PROTOCOLS)}")
-    keep = np.ones((num_images, num_tasks), dtype=bool)
-    if protocol == "full":
-        return keep
-    rng = np.random.default_rng(seed)
-    keep[:] = False
-    if protocol == "one-label":
-        # A random permutation dealt round-robin: every task gets floor or ceil of N / T images.
-        order = rng.permutation(num_images)
-        keep[order, np.arange(num_images) % num_tasks] = True
-    else:
-        counts = rng.integers(1, num_tasks, size=num_images)  # 1 .. T-1 tasks
-        for i, k in enumerate(counts):
-            keep[i, rng.permutation(num_tasks)[:k]] = True
-    return keep
 
 
 def load_label_file(path: Path, num_images: int) -> np.ndarray:
@@ -94,7 +74,8 @@ class NyudReader(Reader):
         if label_file is not None:
             keep = load_label_file(self._resolve(label_file), len(self.entries))
         else:
-            keep = draw_labels(len(self.entries), protocol, int(label_seed))
+            everything = np.ones((len(self.entries), len(TASK_ORDER)), dtype=bool)
+            keep = draw_labels(everything, protocol, int(label_seed))
         wanted = np.array([t in self.tasks for t in TASK_ORDER])
         self.labels = [[t for t, k in zip(TASK_ORDER, row & wanted) if k] for row in keep]
         counts = {t: sum(t in row for row in self.labels) for t in self.tasks}
