@@ -3,10 +3,13 @@
 1. render small, partially labelled synthetic sources (``indoor``, ``street``, ``flying``) and test
    splits that carry every label;
 2. train stage 1 (StableMTL-S) on all tasks with task-gradient isolation;
-3. train one single-task reference per task on the same data with the same budget per task: stage 1
+3. train stage 2 (StableMTL, multi-stream) from it, the task attention only (the demo's budget);
+4. train the two baselines of the literature on the same data: HiTT (both phases) and the
+   task-prototype model;
+5. train one single-task reference per task on the same data with the same budget per task: stage 1
    cycles through T tasks, so each of its tasks gets ``steps / T`` optimizer steps, and so does each
    reference (``--reference_steps`` overrides this; all references together cost one stage-1 run);
-4. score every model and a constant predictor (the trivial baseline every task must beat) with the
+6. score every model and a constant predictor (the trivial baseline every task must beat) with the
    one evaluator, and write ``report.md``, ``metrics.json`` and PNG pictures.
 """
 
@@ -22,13 +25,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from stablemtl.cli.demo_training import (
+    demo_config_path,
+    train_hitt,
+    train_prototype,
+    train_stage1,
+    train_stage2,
+)
+from stablemtl.cli.evaluate import load_predictor
 from stablemtl.cli.help_format import DefaultsHelpFormatter
 from stablemtl.data import load_source, make_dataset
 from stablemtl.evaluation import build_reference, evaluate_models, write_report
 from stablemtl.evaluation.trivial import ConstantPredictor
 from stablemtl.pipelines.pipeline_stablemtl import StableMTLPipeline
-from stablemtl.resources import config_file
-from stablemtl.training import train
 from stablemtl.training.config import load_config
 from stablemtl.utils import atomic_write_text
 
@@ -62,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference_steps", type=int, default=None,
         help="steps per single-task reference (default: stage-1 steps / number of tasks)",
     )  # fmt: skip
+    parser.add_argument(
+        "--stage2_steps", type=int, default=300, help="stage-2 (task attention) optimizer steps; 0 skips it"
+    )
+    parser.add_argument(
+        "--hitt_steps", type=int, default=300, help="HiTT optimizer steps per phase; 0 skips HiTT"
+    )
+    parser.add_argument(
+        "--prototype_steps", type=int, default=400, help="task-prototype optimizer steps; 0 skips it"
+    )
     parser.add_argument("--skip_references", action="store_true", help="train no single-task references")
     parser.add_argument("--seed", type=int, default=0, help="seed of data rendering, training and evaluation")
     return parser
@@ -86,28 +104,6 @@ def render_sources(out: Path, args: argparse.Namespace) -> tuple[list[Path], lis
     return train_dirs, test_dirs
 
 
-def train_model(
-    name: str, out: Path, train_dirs: list[Path], args, tasks: list[str] | None, steps: int | None = None
-) -> Path:
-    """Train one stage-1 model (all tasks, or ``tasks``) and return its pipeline folder (reused if done)."""
-    overrides = {
-        "train_data": [str(d) for d in train_dirs],
-        "output_dir": str(out / "models" / name),
-        "pretrained_model_name_or_path": args.base,
-        "tasks": tasks,
-        "seed": args.seed,
-    }
-    if steps is not None:
-        overrides["max_train_steps"] = steps
-        overrides["checkpointing_steps"] = overrides["validation_steps"] = max(1, steps // 2)
-    config = load_config(args.config or config_file("demo.yaml"), **overrides)
-    final = Path(config.output_dir)
-    if (final / "model_index.json").is_file():
-        logger.info("%s: reusing %s", name, final)
-        return final
-    return train(config)
-
-
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -116,9 +112,16 @@ def main(argv: list[str] | None = None) -> Path:
     start = time.perf_counter()
 
     train_dirs, test_dirs = render_sources(out, args)
-    models = {"StableMTL-S": train_model("stablemtl_s", out, train_dirs, args, None, args.max_train_steps)}
+    stage1_steps = args.max_train_steps or load_config(demo_config_path(args)).max_train_steps
+    models = {"StableMTL-S": train_stage1(args, out, "stablemtl_s", train_dirs, None, stage1_steps)}
     stage1 = StableMTLPipeline.from_pretrained(models["StableMTL-S"])
-    tasks, stage1_steps = stage1.tasks, stage1.config.training_info["max_train_steps"]
+    tasks = stage1.tasks
+    if args.stage2_steps:
+        models["StableMTL"] = train_stage2(args, out, models["StableMTL-S"], train_dirs, args.stage2_steps)
+    if args.hitt_steps:
+        models["HiTT"] = train_hitt(args, out, train_dirs, args.hitt_steps)
+    if args.prototype_steps:
+        models["task prototype"] = train_prototype(args, out, train_dirs, args.prototype_steps)
     # Interleave the test sources so that the first prediction grids show each of them.
     test_sources = [list(load_source(d, augment=False)) for d in test_dirs]
     test_samples = [s for group in itertools.zip_longest(*test_sources) for s in group if s is not None]
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> Path:
     if not args.skip_references:
         steps = args.reference_steps or max(1, stage1_steps // len(tasks))
         for task in tqdm(tasks, desc=f"single-task references ({steps} steps each)"):
-            folder = train_model(f"single_{task}", out, train_dirs, args, [task], steps)
+            folder = train_stage1(args, out, f"single_{task}", train_dirs, [task], steps)
             single = StableMTLPipeline.from_pretrained(folder)
             single_reports.append(
                 evaluate_models(
@@ -137,7 +140,8 @@ def main(argv: list[str] | None = None) -> Path:
     reference = build_reference(single_reports) if single_reports else None
 
     train_samples = [s for d in train_dirs for s in load_source(d, augment=False)]
-    predictors = {"StableMTL-S": stage1, "constant": ConstantPredictor.from_samples(train_samples)}
+    predictors = {name: load_predictor(str(folder)) for name, folder in models.items()}
+    predictors["constant"] = ConstantPredictor.from_samples(train_samples)
     evaluation = evaluate_models(predictors, test_samples, tasks, num_visuals=4, seed=args.seed)
     reports = {**evaluation.reports, **{r["name"]: r for r in single_reports}}
     write_report(out, reports, reference, evaluation.visuals, title="stablemtl demo")
