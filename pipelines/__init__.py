@@ -12,6 +12,7 @@ _EXPORTS = {
     "StableMTLPipeline": "pipeline_stablemtl",
     "StableMTLOutput": "pipeline_stablemtl",
     "StableMTLImageProcessor": "image_processor",
+    "StableMTLMultiStreamPipeline": "pipeline_stablemtl_multistream",
 }
 
 __all__ = list(_EXPORTS)

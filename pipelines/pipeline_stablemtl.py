@@ -394,7 +394,8 @@ class StableMTLPipeline(DiffusionPipeline):
                 [t for t, pair in zip(tasks, pair_tasks) if pair],
                 self.config.second_frame,
             )
-        use_pair = next_image is not None and any(pair_tasks)
+        # Tasks whose UNet input is built (a multi-stream model also needs its auxiliary tasks' inputs).
+        use_pair = next_image is not None and any(get_task(t).needs_pair for t in self.input_tasks(tasks))
         # Without a next frame every task takes the second_frame fallback, as in training.
         pair_tasks = [pair and use_pair for pair in pair_tasks]
         device = self._execution_device
@@ -428,7 +429,7 @@ class StableMTLPipeline(DiffusionPipeline):
             first, second = latents[:count], latents[count:] if next_frames is not None else latents
             batch_generator = generator[start : start + count] if isinstance(generator, list) else generator
             x0 = self.predict_latents(
-                first, second, condition, condition_mask, pair_mask, batch_generator
+                first, second, condition, condition_mask, pair_mask, batch_generator, tasks, use_pair
             )  # [B*T,4,h,w]
             image3 = step.decode(x0)  # [B*T,3,PPH,PPW] float32
             decoded.append(image3.unflatten(0, (count, len(tasks))))  # [B,T,3,PPH,PPW]
@@ -463,6 +464,10 @@ class StableMTLPipeline(DiffusionPipeline):
         return output.predictions
 
     # -- steps ----------------------------------------------------------------------------------------------
+    def input_tasks(self, tasks: Sequence[str]) -> list[str]:
+        """The tasks whose UNet input a request for ``tasks`` builds (here: those tasks)."""
+        return list(tasks)
+
     @property
     def latent_step(self) -> LatentStep:
         """The shared latent step (VAE encode/decode, UNet input, timestep) with this pipeline's settings."""
@@ -477,10 +482,14 @@ class StableMTLPipeline(DiffusionPipeline):
         condition_mask: torch.Tensor | None,
         pair_mask: torch.Tensor,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        tasks: Sequence[str] | None = None,
+        use_pair: bool = False,
     ) -> torch.Tensor:
         """One UNet call for every (image, task): ``[B,4,h,w]`` latents of both frames, ``[T,L,D]`` task
         tokens -> x0 latents ``[B*T,4,h,w]`` ordered image-major (all tasks of image 0, then image 1, ...).
-        Tasks with ``pair_mask`` False get ``config.second_frame``: the first frame again or zeros."""
+        Tasks with ``pair_mask`` False get ``config.second_frame``: the first frame again or zeros.
+        ``tasks`` (the T names) and ``use_pair`` (``second`` holds next frames) serve subclasses that build
+        inputs of other tasks too."""
         count, tasks = first.shape[0], condition.shape[0]
         if isinstance(generator, list):
             # One generator per image (Marigold's convention): image i's T targets come from generator[i].
@@ -599,7 +608,8 @@ class StableMTLPipeline(DiffusionPipeline):
         with staged_save(save_directory) as tmp:
             super().save_pretrained(tmp, safe_serialization=True, variant=variant, **kwargs)
             embeddings.save(tmp)
-            shutil.copyfile(Path(__file__), tmp / PIPELINE_FILE)
+            for source in self._source_files():
+                shutil.copyfile(source, tmp / source.name)
             card = make_model_card(
                 self.tasks,
                 embeddings.prompts,
@@ -611,6 +621,11 @@ class StableMTLPipeline(DiffusionPipeline):
         if push_to_hub:
             repo_id = hub_kwargs.pop("repo_id", save_directory.name)
             push_folder_to_hub(save_directory, repo_id, **hub_kwargs)
+
+    @classmethod
+    def _source_files(cls) -> list[Path]:
+        """Python files copied into a saved folder so that diffusers loads it as a custom pipeline."""
+        return [Path(__file__).with_name(PIPELINE_FILE)]
 
     def push_to_hub(
         self,

@@ -4,12 +4,13 @@ import argparse
 
 import pytest
 
-from stablemtl.cli import demo, evaluate, make_data
+from stablemtl.cli import convert_official, demo, evaluate, make_data
 
 PARSERS = {
     "stablemtl-eval": evaluate.build_parser,
     "stablemtl-make-data": make_data.build_parser,
     "python -m stablemtl.cli.demo": demo.build_parser,
+    "stablemtl-convert": convert_official.build_parser,
 }
 
 

@@ -143,4 +143,9 @@ def test_stablemtl_pipelines_exports_its_classes():
     from stablemtl.pipelines.pipeline_stablemtl import StableMTLPipeline
 
     assert pipelines.StableMTLPipeline is StableMTLPipeline
-    assert set(pipelines.__all__) == {"StableMTLPipeline", "StableMTLOutput", "StableMTLImageProcessor"}
+    assert set(pipelines.__all__) == {
+        "StableMTLPipeline",
+        "StableMTLOutput",
+        "StableMTLImageProcessor",
+        "StableMTLMultiStreamPipeline",
+    }
