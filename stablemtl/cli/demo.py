@@ -72,13 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps per single-task reference (default: stage-1 steps / number of tasks)",
     )  # fmt: skip
     parser.add_argument(
-        "--stage2_steps", type=int, default=300, help="stage-2 (task attention) optimizer steps; 0 skips it"
+        "--stage2_steps", type=int, default=200, help="stage-2 (task attention) optimizer steps; 0 skips it"
     )
     parser.add_argument(
-        "--hitt_steps", type=int, default=300, help="HiTT optimizer steps per phase; 0 skips HiTT"
+        "--hitt_steps", type=int, default=120, help="HiTT optimizer steps per phase; 0 skips HiTT"
     )
     parser.add_argument(
-        "--prototype_steps", type=int, default=400, help="task-prototype optimizer steps; 0 skips it"
+        "--prototype_steps", type=int, default=200, help="task-prototype optimizer steps; 0 skips it"
     )
     parser.add_argument("--skip_references", action="store_true", help="train no single-task references")
     parser.add_argument("--seed", type=int, default=0, help="seed of data rendering, training and evaluation")
