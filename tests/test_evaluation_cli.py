@@ -49,10 +49,11 @@ def test_cli_evaluates_merges_and_references(tmp_path, fake_io, capsys):
         cli.main(["--merge", ref, "--merge", str(tmp_path / "eval" / "metrics.json"), "--out", str(merged)])
         == 0
     )
-    assert [m["name"] for m in json.loads((merged / "metrics.json").read_text())["models"]] == [
-        "stl_depth",
-        "oracle",
-    ]
+    models = json.loads((merged / "metrics.json").read_text())["models"]
+    assert [m["name"] for m in models if not m.get("oracle")] == ["stl_depth", "oracle"]
+    # Every run carries the encoding row (a perfect model after the task encoding), never a reference.
+    assert sum(m["name"].startswith("encoding (perfect model") for m in models) == 2
+    assert "encoding" not in str(data["reference"])
 
 
 def test_cli_argument_errors(tmp_path, fake_io):

@@ -37,6 +37,8 @@ def test_oracle_scores_perfectly_on_every_task_and_counts_images():
         assert tasks[task]["metrics"]["si_rmse"] == pytest.approx(0.0, abs=1e-6)
         assert tasks[task]["metrics"]["ssim"] == pytest.approx(1.0, abs=1e-6)
     assert tasks["depth"]["primary_metric"] == "abs_rel" and tasks["depth"]["higher_is_better"] is False
+    fingerprint = report["data"].pop("fingerprint")  # a hash of the images, in order (bootstrap pairing)
+    assert len(fingerprint) == 16 and int(fingerprint, 16) >= 0
     assert report["data"] == {"num_samples": 5, "sources": {"indoor": 2, "street": 1, "flow": 2}}
     assert report["config"]["flow_alignment"] == "per_axis_scale"
     assert "torch" in report["versions"] and report["elapsed_seconds"] >= 0

@@ -81,6 +81,25 @@ def test_prediction_is_resized_to_the_label_and_clipped_to_range():
     assert metric.results()["abs_rel"] == pytest.approx(0.25)
 
 
+def test_inverse_depth_is_taken_after_clipping_to_the_valid_ground_truth_range():
+    # One aligned pixel at 1 mm: unclipped, its inverse (1000) alone gives i_rmse ~ 500 on 4 pixels.
+    pred, gt = torch.tensor([1e-3, 2.0, 3.0, 8.0]), torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert depth_errors(pred, gt)["i_rmse"] == pytest.approx(math.sqrt((1000 - 1) ** 2 / 4))
+    # Clipped to [1, 4] m the prediction is [1, 2, 3, 4]: no inverse-depth error at all.
+    assert depth_errors(pred, gt, (1.0, 4.0))["i_rmse"] == pytest.approx(0.0, abs=1e-12)
+    metric = DepthMetrics(alignment="none")
+    metric.update(pred.view(1, 1, 1, 4), gt.view(1, 1, 1, 4), torch.ones(1, 1, 4, dtype=torch.bool))
+    out = metric.results()
+    assert out["i_rmse"] == pytest.approx(0.0, abs=1e-12)
+    # Only the inversion is clipped: AbsRel still sees the 1 mm and 8 m pixels, (0.999 + 1) / 4.
+    assert out["abs_rel"] == pytest.approx((0.999 + 1.0) / 4)
+    # A near-constant prediction aligns to the mean depth: its i_rmse stays of the order of 1/gt.
+    constant = DepthMetrics()
+    constant.update(torch.full((1, 1, 1, 4), 0.5), gt.view(1, 1, 1, 4), torch.ones(1, 1, 4, dtype=torch.bool))
+    expected = math.sqrt(sum((1 / 2.5 - 1 / g) ** 2 for g in (1.0, 2.0, 3.0, 4.0)) / 4)
+    assert constant.results()["i_rmse"] == pytest.approx(expected)
+
+
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="alignment"):
         DepthMetrics(alignment="median")

@@ -68,8 +68,15 @@ def test_recipe_script_runs_end_to_end_at_toy_scale(tmp_path):
             "2",
             "--resolution",
             "32",
+            "--measure_every",
+            "1",
+            "--label_share",
+            "0.5",
         ]
     )
     assert (out / "model_index.json").is_file() and (out / "README.md").is_file()
     assert json.loads((out / "quality.json").read_text())["scaling_factor"] > 0
     assert not list(tmp_path.glob(".tmp-*"))
+    curve = json.loads((out / "vae_curve.json").read_text())
+    assert [c["step"] for c in curve] == [1, 2] and all(c["psnr_depth"] > 0 for c in curve)
+    assert "`pretrain` split" in (out / "README.md").read_text()

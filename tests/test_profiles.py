@@ -101,8 +101,8 @@ def test_bad_profile_task_split_size_raise():
         render_sample("kitchen")
     with pytest.raises(ValueError, match="task 'edges' cannot be rendered"):
         SourceProfile("x", _toy_builder, train_tasks=("edges",), test_tasks=())
-    with pytest.raises(ValueError, match="split 'validation'"):
-        render_sample("street", split="validation")
+    with pytest.raises(ValueError, match="split 'val'"):
+        render_sample("street", split="val")
     with pytest.raises(ValueError, match="size must be"):
         render_sample("street", size=4)
     with pytest.raises(ValueError, match="pattern 'plaid'"):

@@ -6,6 +6,7 @@ Tiny SD-layout base (stablemtl.testing) and tiny synthetic sources at 32 px, so 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import signal
@@ -384,18 +385,43 @@ def test_a_failed_replacement_of_the_final_pipeline_leaves_no_model_index(
     assert StableMTLPipeline.from_pretrained(tmp_path).config.timestep == 500
 
 
-def test_validation_defaults_to_the_unaugmented_training_sources(assets):
+def test_validation_defaults_to_unaugmented_rows_the_training_sampler_never_draws(assets):
     from stablemtl.data import load_source
+    from stablemtl.training.data import build_training_data
     from stablemtl.training.validation import ValidationSet
 
-    config = load_config(None, **_settings(assets, assets["root"] / "unused", num_validation_images=4))
+    config = load_config(None, **_settings(assets, assets["root"] / "unused", num_validation_images=2))
     assert config.augment and not config.validation_data
     validation = ValidationSet.build(config, ["depth", "optical_flow"])
-    assert validation.origin == "training rows, in-sample"
+    assert validation.origin == "the last 2/2/2 rows of the training sources, held out of training"
     augmented_differs = []
     for group in validation.groups:
         path = next(p for p in assets["data"] if load_source(p).source == group["source"][0])
         plain, augmented = load_source(path), load_source(path, augment=True, seed=config.seed)
-        assert all(torch.equal(group["image"][i], plain[i]["image"]) for i in range(4))
-        augmented_differs += [not torch.equal(augmented[i]["image"], plain[i]["image"]) for i in range(4)]
+        tail = range(len(plain) - 2, len(plain))  # rows 6, 7 of the 8-row sources
+        assert all(torch.equal(group["image"][i], plain[r]["image"]) for i, r in enumerate(tail))
+        augmented_differs += [not torch.equal(augmented[r]["image"], plain[r]["image"]) for r in tail]
     assert any(augmented_differs)  # the check can fail: the augmentation changes some of these samples
+    # Many epochs of the training sampler never draw a held-out row, and do draw every other row.
+    sampler, _, datasets = build_training_data(config)
+    drawn = {
+        (source, index) for batch in itertools.islice(iter(sampler), 200) for _, source, index, _ in batch
+    }
+    sizes = [len(d) for d in datasets]
+    assert drawn == {(s, i) for s, n in enumerate(sizes) for i in range(n - 2)}
+
+
+def test_validation_data_is_used_as_given_and_nothing_is_held_out(assets):
+    from stablemtl.training.data import build_training_data
+    from stablemtl.training.validation import ValidationSet
+
+    settings = _settings(assets, assets["root"] / "unused", num_validation_images=3)
+    config = load_config(None, **settings, validation_data=[str(assets["data"][1])])
+    validation = ValidationSet.build(config, ["depth"])
+    assert validation.origin == "held-out validation_data"
+    assert [g["source"][0] for g in validation.groups] == ["street"]
+    sampler, _, datasets = build_training_data(config)
+    drawn = {
+        (source, index) for batch in itertools.islice(iter(sampler), 200) for _, source, index, _ in batch
+    }
+    assert drawn == {(s, i) for s, d in enumerate(datasets) for i in range(len(d))}

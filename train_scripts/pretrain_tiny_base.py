@@ -18,6 +18,13 @@ Run (through accelerate, as every training entry point of the toolkit)::
 
 The model card written beside the weights records the command, the steps and the measured
 reconstruction quality per task on held-out renders.
+
+Data hygiene: pre-training renders only the dedicated ``pretrain`` split, a random stream that no
+training, validation or evaluation split can reproduce (``stablemtl.data.synthetic.sample.scene_rng``);
+the reconstruction quality is measured on ``test``-split renders of ``--eval_seed``, which neither
+pre-training nor the demo's test rows use. Measure an existing base without training it::
+
+    python train_scripts/pretrain_tiny_base.py --measure_only assets/stablemtl-tiny-base
 """
 
 from __future__ import annotations
@@ -72,25 +79,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vae_steps", type=int, default=12000)
     parser.add_argument("--vae_lr", type=float, default=1e-3)
     parser.add_argument("--vae_kl_weight", type=float, default=1e-6)
+    parser.add_argument(
+        "--label_share", type=float, default=None,
+        help="fraction in [0, 1] of each VAE batch drawn from label images (default: pool share)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--eval_seed", type=int, default=7919, help="seed of the measured held-out test renders"
+    )
+    parser.add_argument(
+        "--measure_every", type=int, default=0,
+        help="measure the held-out reconstruction every N VAE steps: the curve goes into the model card",
+    )  # fmt: skip
+    parser.add_argument(
+        "--measure_only", default=None,
+        help="measure the VAE of this base folder on the held-out renders and exit (no training)",
+    )  # fmt: skip
     parser.add_argument("--unet_steps", type=int, default=800)
     parser.add_argument("--unet_lr", type=float, default=5e-4)
     parser.add_argument("--train_batch_size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.label_share is not None and not 0.0 <= args.label_share <= 1.0:
+        raise ValueError(f"label_share must be in [0, 1], got {args.label_share}")
+    return args
 
 
-def render_pool(n_scenes: int, resolution: int, seed: int) -> dict[str, torch.Tensor]:
-    """Render ``n_scenes`` per profile with every label and return stacked VAE targets in [-1, 1].
+def render_pool(
+    n_scenes: int, resolution: int, seed: int, split: str = "pretrain"
+) -> dict[str, torch.Tensor]:
+    """Render rows ``0..n_scenes-1`` of ``split`` per profile, every label; stacked VAE targets in [-1, 1].
 
     Returns ``{"rgb": (N,3,H,W), "captions": list, <task>: (M,3,H,W) encoded label images}``.
     """
     pool: dict[str, list] = {"rgb": [], "captions": []}
     total = n_scenes * len(PROFILES)
-    with tqdm(total=total, desc=f"render (seed {seed})") as bar:
+    with tqdm(total=total, desc=f"render {split} (seed {seed})") as bar:
         for profile in PROFILES:
             for index in range(n_scenes):
-                sample = render_sample(profile, seed=seed * 1_000_003 + index, size=resolution, split="test")
+                sample = render_sample(profile, seed=seed, size=resolution, split=split, index=index)
                 for frame in ("image", "next_image"):
                     if frame in sample:
                         pool["rgb"].append(sample[frame] * 2 - 1)
@@ -102,9 +129,23 @@ def render_pool(n_scenes: int, resolution: int, seed: int) -> dict[str, torch.Te
     return {k: (torch.stack(v) if k != "captions" else v) for k, v in pool.items()}
 
 
-def vae_targets(pool: dict) -> torch.Tensor:
-    """Every image the VAE must reconstruct: RGB plus every encoded label image, (N,3,H,W) in [-1, 1]."""
-    return torch.cat([v for k, v in pool.items() if k != "captions"])
+def vae_targets(pool: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the VAE must reconstruct: ``(rgb (N,3,H,W), every encoded label image (M,3,H,W))`` in [-1, 1]."""
+    labels = [v for k, v in pool.items() if k not in ("captions", "rgb")]
+    return pool["rgb"], torch.cat(labels)
+
+
+def vae_batch(rgb: torch.Tensor, labels: torch.Tensor, args, generator: torch.Generator) -> torch.Tensor:
+    """One VAE batch of random crops; ``args.label_share`` of it from label images (None: pool share)."""
+    n = args.train_batch_size
+    share = len(labels) / (len(labels) + len(rgb)) if args.label_share is None else args.label_share
+    n_labels = round(share * n)
+    parts = [
+        random_crops(pool, k, args.vae_crop, generator)
+        for pool, k in ((rgb, n - n_labels), (labels, n_labels))
+        if k
+    ]
+    return torch.cat(parts)
 
 
 def random_crops(images: torch.Tensor, n: int, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -125,7 +166,10 @@ def optimizer_step(accelerator: Accelerator, model, loss: torch.Tensor, optimize
     optimizer.zero_grad(set_to_none=True)
 
 
-def train_vae(accelerator: Accelerator, vae, images: torch.Tensor, args, generator: torch.Generator) -> None:
+def train_vae(
+    accelerator: Accelerator, vae, targets: tuple, args, generator: torch.Generator, on_measure=None
+) -> None:
+    """Train the VAE; every ``args.measure_every`` steps (and at the end) call ``on_measure(step)``."""
     vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -133,8 +177,12 @@ def train_vae(accelerator: Accelerator, vae, images: torch.Tensor, args, generat
     )
     vae_model, optimizer = accelerator.prepare(vae, optimizer)
     bar = tqdm(range(args.vae_steps), desc="VAE", disable=not accelerator.is_local_main_process)
-    for _ in bar:
-        batch = random_crops(images, args.train_batch_size, args.vae_crop, generator).to(accelerator.device)
+    for step in bar:
+        if on_measure is not None and args.measure_every and step and step % args.measure_every == 0:
+            vae.eval()
+            on_measure(step)
+            vae.train()
+        batch = vae_batch(*targets, args, generator).to(accelerator.device)
         with accelerator.autocast():
             posterior = vae_model.encode(batch).latent_dist
             # Decode the posterior mean: StableMTL only ever encodes with the mean (docs/encodings.md), and
@@ -219,6 +267,9 @@ def write_model_card(out: Path, args, quality: dict, timings: dict, n_params: di
         "the levers (`--vae_channels`, `--vae_layers_per_block`, `--vae_steps`)."
     )
     params = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in n_params.items())
+    curve_note = (
+        f"every {args.measure_every} VAE steps, in `vae_curve.json`" if args.measure_every else "none"
+    )
     (out / "README.md").write_text(f"""---
 license: apache-2.0
 library_name: diffusers
@@ -238,20 +289,23 @@ Parameters: {params}.
 {command}
 ```
 - Data: {args.n_scenes} renders per profile ({", ".join(PROFILES)}) at {args.resolution}x{args.resolution}
-  px, test split (every label), seed {args.seed}; both frames of each pair are RGB training images.
+  px, the dedicated `pretrain` split (every label; a random stream no training or evaluation split
+  reproduces), seed {args.seed}; both frames of each pair are RGB training images. Label images make
+  {"their pool share" if args.label_share is None else f"{100 * args.label_share:.0f} %"} of each VAE batch.
   The VAE trains on random {args.vae_crop}x{args.vae_crop} crops (it is fully convolutional).
 - VAE: `block_out_channels` {tuple(args.vae_channels)}, {args.vae_layers_per_block} layer(s) per block;
   {args.vae_steps} AdamW steps (lr {args.vae_lr}, cosine, batch {args.train_batch_size}), L1 + L2
   reconstruction (decoded from the posterior mean) of RGB images **and** of every task's label
   image (`Task.encode`), KL weight
   {args.vae_kl_weight}. `scaling_factor` = 1 / std of the posterior means = {quality["scaling_factor"]:.4f}.
+- Held-out curve: {curve_note}.
 - UNet: {args.unet_steps} AdamW steps (lr {args.unet_lr}, warm-up + cosine, batch
   {args.train_batch_size}), epsilon-prediction DDPM denoising of RGB latents conditioned on the captions
   {sorted(CAPTIONS.values())}.
 - Text encoder: seeded random initialisation, frozen (as SD's text encoder is frozen).
 - Time on a 2-core CPU (shared with other jobs): VAE {timings["vae"]:.0f} s, UNet {timings["unet"]:.0f} s.
 
-## Reconstruction on held-out renders ({args.n_eval_scenes} scenes per profile, another seed)
+## Reconstruction on held-out test renders ({args.n_eval_scenes} per profile, seed {args.eval_seed})
 PSNR in dB over images in [-1, 1] (data range 2); semantic accuracy is the palette decoding of the
 reconstructed label image against the true class ids, in %.
 
@@ -265,9 +319,22 @@ Licence: Apache-2.0 (code and weights).
 """)
 
 
+def measure_base(folder: str | Path, args) -> dict[str, float]:
+    """Label reconstruction of ``folder``'s VAE on the held-out test renders (``--eval_seed``)."""
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae").eval()
+    quality = reconstruction_quality(
+        vae, render_pool(args.n_eval_scenes, args.resolution, args.eval_seed, "test")
+    )
+    quality["scaling_factor"] = vae.config.scaling_factor
+    return quality
+
+
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    if args.measure_only:
+        print(json.dumps(measure_base(args.measure_only, args), indent=1))
+        return Path(args.measure_only)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     set_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -280,10 +347,16 @@ def main(argv: list[str] | None = None) -> Path:
     text_encoder, tokenizer = components["text_encoder"], components["tokenizer"]
 
     train_pool = render_pool(args.n_scenes, args.resolution, args.seed)
-    eval_pool = render_pool(args.n_eval_scenes, args.resolution, args.seed + 1)
+    eval_pool = render_pool(args.n_eval_scenes, args.resolution, args.eval_seed, split="test")
     timings = {}
     start = time.perf_counter()
-    train_vae(accelerator, vae, vae_targets(train_pool), args, generator)
+    curve: list[dict] = []
+
+    def measure(step: int) -> None:  # the held-out curve shows whether more steps would still help
+        curve.append({"step": step, **reconstruction_quality(vae, eval_pool)})
+        logger.info("VAE step %d: %s", step, json.dumps({k: round(v, 2) for k, v in curve[-1].items()}))
+
+    train_vae(accelerator, vae, vae_targets(train_pool), args, generator, measure)
     timings["vae"] = time.perf_counter() - start
     vae.register_to_config(scaling_factor=measure_scaling_factor(vae, train_pool["rgb"]))
     start = time.perf_counter()
@@ -292,6 +365,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     quality = reconstruction_quality(vae, eval_pool)
     quality["scaling_factor"] = vae.config.scaling_factor
+    if curve:
+        curve.append({"step": args.vae_steps, **{k: v for k, v in quality.items() if k != "scaling_factor"}})
     logger.info("reconstruction quality: %s", json.dumps(quality, indent=1))
     out = Path(args.output_dir)
     if accelerator.is_main_process:
@@ -300,6 +375,10 @@ def main(argv: list[str] | None = None) -> Path:
         )
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent if out.parent.exists() else None))
         pipe.save_pretrained(tmp, safe_serialization=True)
+        size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+        quality["size_mb"] = size / 2**20
+        if size > 40 * 2**20:  # the asset budget of the embedded base (tests/test_pretrain_tiny_base.py)
+            logger.warning("the base is %.1f MB, over the 40 MB budget of assets/", size / 2**20)
         n_params = {
             name: sum(p.numel() for p in m.parameters())
             for name, m in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder))
@@ -307,6 +386,8 @@ def main(argv: list[str] | None = None) -> Path:
         command = "accelerate launch train_scripts/pretrain_tiny_base.py " + " ".join(argv or sys.argv[1:])
         write_model_card(tmp, args, quality, timings, n_params, command.strip())
         (tmp / "quality.json").write_text(json.dumps(quality, indent=1))
+        if curve:
+            (tmp / "vae_curve.json").write_text(json.dumps(curve, indent=1))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)  # atomic on one file system: a reader sees the old folder or the new one

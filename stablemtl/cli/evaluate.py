@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from stablemtl.cli.help_format import DefaultsHelpFormatter
+from stablemtl.cli.oracles import oracle_predictors
 from stablemtl.evaluation import (
     EvalConfig,
     build_reference,
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=4, help="images per model call")
     p.add_argument("--limit", type=int, default=None, help="at most N samples per --data (default: all)")
     p.add_argument("--num_grids", type=int, default=4, help="prediction grids to draw (first N samples)")
+    p.add_argument(
+        "--no_oracles", action="store_true",
+        help="leave out the encoding and ceiling rows (a perfect model without and with the VAE)",
+    )  # fmt: skip
     p.add_argument(
         "--depth_alignment", choices=DEPTH_ALIGNMENTS, default="least_squares",
         help="how depth predictions are aligned to the ground truth before scoring",
@@ -309,8 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, path in zip(names, args.model)
         }
         samples = load_samples(args.data, args.limit)
+        oracles = {} if args.no_oracles else oracle_predictors(predictors)
         result = evaluate_models(
-            predictors,
+            {**predictors, **oracles},
             samples,
             args.tasks,
             batch_size=args.batch_size,
@@ -325,9 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_model_cards(args.model, [result.reports[n] for n in names], args.data)
         reports = list(result.reports.values())
         visuals = result.visuals
-        if not any(r["tasks"] for r in reports):
+        models = [result.reports[n] for n in names]  # the oracle rows score whenever labels exist
+        if not any(r["tasks"] for r in models):
             reasons = "; ".join(
-                f"{r['name']}: {task} ({why})" for r in reports for task, why in r["skipped_tasks"].items()
+                f"{r['name']}: {task} ({why})" for r in models for task, why in r["skipped_tasks"].items()
             )
             raise SystemExit(f"stablemtl-eval: error: nothing was scored ({reasons or 'no task labelled'})")
     reports = merge_reports([*reports, *args.merge])

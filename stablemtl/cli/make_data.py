@@ -16,7 +16,7 @@ import sys
 
 from stablemtl.cli.help_format import DefaultsHelpFormatter
 from stablemtl.data.generate import make_dataset
-from stablemtl.data.profiles import get_profile, profile_names
+from stablemtl.data.profiles import SPLITS, get_profile, profile_names
 
 DESCRIPTION = (
     "Render a synthetic source into a Hugging Face datasets folder (loadable with datasets.load_from_disk). "
@@ -32,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n", type=int, required=True, help="number of rows")
     parser.add_argument("--out", required=True, help="output folder (datasets.load_from_disk-able)")
     parser.add_argument(
-        "--split", default="train", choices=["train", "test"], help="test rows carry every label"
+        "--split",
+        default="train",
+        choices=list(SPLITS),
+        help="test and pretrain rows carry every label; each split is its own random stream",
     )
     parser.add_argument(
         "--shift", action="store_true", help="render the shifted test domain (textures, light, camera)"

@@ -22,7 +22,14 @@ from stablemtl.data.synthetic.sampling import Domain
 from stablemtl.data.synthetic.scene import Scene
 from stablemtl.data.synthetic.street import build_street
 
-SPLITS = ("train", "test")
+# Every split is its own random stream (``scene_rng`` keys on the split's code), so no (seed, index) of one
+# split can render a scene of another. ``train`` and ``validation`` label the training tasks; ``test``
+# (evaluation) and ``pretrain`` (the base model's own pre-training, docs/architecture.md) label every
+# task a profile can give. The codes of ``train`` and ``test`` predate the others and must never change:
+# they keep already rendered data sets reproducible.
+SPLIT_CODES = {"train": 0, "test": 1, "validation": 2, "pretrain": 3}
+SPLITS = tuple(SPLIT_CODES)
+_FULL_LABEL_SPLITS = ("test", "pretrain")
 
 
 @dataclass(frozen=True)
@@ -49,9 +56,9 @@ class SourceProfile:
         return self.task_augmentation.get(task, self.augmentation) if task else self.augmentation
 
     def tasks(self, split: str) -> tuple[str, ...]:
-        """Labelled tasks of ``split`` (``"train"`` or ``"test"``)."""
+        """Labelled tasks of ``split``: test tasks for ``test`` and ``pretrain``, else training tasks."""
         check_split(split)
-        return self.train_tasks if split == "train" else self.test_tasks
+        return self.test_tasks if split in _FULL_LABEL_SPLITS else self.train_tasks
 
     def needs_pair(self, split: str) -> bool:
         """Whether rows of ``split`` carry a second frame (any flow task labelled)."""

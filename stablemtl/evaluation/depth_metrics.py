@@ -2,7 +2,8 @@
 
 Each image: fit ``s·pred + t ≈ gt`` on valid pixels (or ``≈ 1/gt`` in disparity space), clip the
 aligned depth to ``[min_depth, max_depth]``, compute the errors below on valid pixels, and average
-each error over images.
+each error over images. Before inversion (``i_rmse``) the depth is clipped to the range of the image's
+valid ground truth: an aligned depth near zero would otherwise dominate the metric with its inverse.
 """
 
 from __future__ import annotations
@@ -34,12 +35,17 @@ def fit_scale_shift(prediction: torch.Tensor, target: torch.Tensor) -> tuple[flo
     return float(scale), float(my - scale * mx)
 
 
-def depth_errors(pred: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
+def depth_errors(
+    pred: torch.Tensor, gt: torch.Tensor, inverse_range: tuple[float, float] | None = None
+) -> dict[str, float]:
     """Standard depth errors of positive 1-D ``pred`` against positive ``gt`` (metres).
 
     δk is a fraction in [0, 1]; ``silog = 100·sqrt(mean(e²) − mean(e)²)`` with ``e = ln p − ln g``.
+    ``i_rmse`` inverts ``pred`` clipped to ``inverse_range = (low, high)`` when given (the valid depth
+    range), so that one near-zero aligned depth cannot blow the inverse up.
     """
     pred, gt = pred.double(), gt.double()
+    inverse = 1.0 / (pred if inverse_range is None else pred.clamp(*inverse_range))
     diff = pred - gt
     log_diff = pred.log() - gt.log()
     ratio = torch.maximum(pred / gt, gt / pred)
@@ -54,7 +60,7 @@ def depth_errors(pred: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
         "delta2": float((ratio < 1.25**2).double().mean()),
         "delta3": float((ratio < 1.25**3).double().mean()),
         "silog": 100.0 * math.sqrt(max(float(silog_var), 0.0)),
-        "i_rmse": float(((1.0 / pred - 1.0 / gt) ** 2).mean().sqrt()),
+        "i_rmse": float(((inverse - 1.0 / gt) ** 2).mean().sqrt()),
     }
 
 
@@ -99,7 +105,9 @@ class DepthMetrics(DenseMetric):
         pred = self._align(prediction[0].double()[valid], gt[valid])
         upper = math.inf if self.max_depth is None else self.max_depth
         pred = pred.clamp(min=self.min_depth, max=upper)
-        for name, value in depth_errors(pred, gt[valid]).items():
+        # Inverse depth is taken of the prediction clipped to the image's valid ground-truth range.
+        inverse_range = (float(gt[valid].min()), float(gt[valid].max()))
+        for name, value in depth_errors(pred, gt[valid], inverse_range).items():
             state = getattr(self, f"sum_{name}")
             setattr(self, f"sum_{name}", state + value)
         return True

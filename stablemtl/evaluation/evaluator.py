@@ -7,6 +7,7 @@ None, tasks: list[str]) -> {task: prediction (B, C, H, W)}`` (prediction formats
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -17,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from tqdm.auto import tqdm
 
+from stablemtl.evaluation import bootstrap
 from stablemtl.evaluation.config import EvalConfig
 from stablemtl.evaluation.registry import build_metric
 from stablemtl.evaluation.versions import package_versions, utc_timestamp
@@ -83,6 +85,7 @@ def evaluate_models(
     config: EvalConfig | Mapping[str, EvalConfig] | None = None,
     num_visuals: int = 0,
     seed: int | None = 0,
+    bootstrap_resamples: int = 1000,
 ) -> Evaluation:
     """Score several predictors in one pass over ``samples``.
 
@@ -100,11 +103,16 @@ def evaluate_models(
         num_visuals: keep the first N samples with every model's predictions for the grids.
         seed: global torch seed set once before the first batch, inside a forked RNG state (the
             caller's RNG is untouched), so stochastic predictors are repeatable; None: RNG left alone.
+            Also the seed of the bootstrap resamples (0 when None).
+        bootstrap_resamples: paired bootstrap resamples of the samples behind each primary metric's 95 %
+            interval (``stablemtl.evaluation.bootstrap``); 0: no intervals.
     Returns:
         ``Evaluation`` with a report per model: ``{"name", "tasks": {task: {"metrics", "num_images",
         "num_nonfinite_predictions", "primary_metric", "higher_is_better", "metric_config"}},
         "skipped_tasks": {task: reason}, "config", "data", "versions", "timestamp", "elapsed_seconds",
-        "predict_seconds"}``. A task with any non-finite prediction has NaN metrics (refused, never
+        "predict_seconds", "bootstrap"}``; with resamples, each task also holds ``"bootstrap":
+        {"interval": [lo, hi], "values": [one primary value per resample]}``. A task with any non-finite
+        prediction has NaN metrics (refused, never
         scored as a number) and a warning is logged. A requested or labelled task that a model cannot
         score (it does not predict it, no sample labels it or has a valid label pixel of it, or it needs
         ``next_image``) is listed in ``skipped_tasks`` with the reason and warned about once.
@@ -112,10 +120,14 @@ def evaluate_models(
     if not predictors:
         raise ValueError("predictors is empty: pass {name: predictor}")
     for name, predictor in predictors.items():
-        if not callable(getattr(predictor, "predict", None)):
+        if not callable(getattr(predictor, "predict", None)) and not _is_oracle(predictor):
             raise ValueError(f"predictor {name!r} has no predict(images, next_images, tasks) method")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if bootstrap_resamples < 0:
+        raise ValueError(f"bootstrap_resamples must be >= 0, got {bootstrap_resamples}")
+    records: dict[str, dict[str, list]] = {name: {} for name in predictors}
+    digest = hashlib.sha256()
     wanted = check_tasks(tasks) if tasks is not None else None
     configs = _configs_per_model(predictors, config)
     metrics: dict[str, dict[str, Any]] = {name: {} for name in predictors}
@@ -133,6 +145,8 @@ def evaluate_models(
             torch.manual_seed(seed)
         for batch in _batches(samples, batch_size):
             kept = [i for i in range(len(batch)) if num_samples + i < num_visuals]
+            for sample in batch:
+                digest.update(sample["image"].detach().cpu().float().numpy().tobytes())
             visuals.extend(_visual(batch[i]) for i in kept)
             labelled.update(t for s in batch for t in s.get("labels", {}))
             for name, predictor in predictors.items():
@@ -142,7 +156,8 @@ def evaluate_models(
                 tic = time.perf_counter()
                 predictions = _predict(name, predictor, batch, batch_tasks)
                 predict_seconds[name] += time.perf_counter() - tic
-                _score(batch, predictions, metrics[name], configs[name])
+                recording = (num_samples, records[name]) if bootstrap_resamples else None
+                _score(batch, predictions, metrics[name], configs[name], recording)
                 for i in kept:
                     visuals[num_samples + i].predictions[name] = {t: p[i] for t, p in predictions.items()}
             num_samples += len(batch)
@@ -163,7 +178,7 @@ def evaluate_models(
         scored = {t for t, metric in metrics[name].items() if int(metric.num_images) > 0}
         skipped[name] = {t: reason for t, reason in skipped[name].items() if t not in scored}
         _warn_about(name, skipped[name], metrics[name])
-    data = {"num_samples": num_samples, "sources": dict(sources)}
+    data = {"num_samples": num_samples, "sources": dict(sources), "fingerprint": digest.hexdigest()[:16]}
     reports = {
         name: _report(
             name, metrics[name], configs[name], (batch_size, seed), data, elapsed, predict_seconds[name]
@@ -171,7 +186,36 @@ def evaluate_models(
         | {"skipped_tasks": skipped[name]}
         for name in predictors
     }
+    for name, predictor in predictors.items():
+        if _is_oracle(
+            predictor
+        ):  # predicted from the labels: a bound to read models against, never a reference
+            reports[name]["oracle"] = True
+    if bootstrap_resamples:
+        _add_bootstrap(reports, metrics, records, configs, data, bootstrap_resamples, seed or 0)
     return Evaluation(reports=reports, visuals=visuals)
+
+
+def _add_bootstrap(reports, metrics, records, configs, data, resamples: int, seed: int) -> None:
+    """Each primary metric's values on the shared resamples of the samples, and their 95 % interval."""
+    counts = bootstrap.resample_counts(data["num_samples"], resamples, seed)
+    for name, report in reports.items():
+        report["bootstrap"] = {
+            "resamples": resamples,
+            "seed": seed,
+            "level": bootstrap.LEVEL,
+            "num_samples": data["num_samples"],
+            "fingerprint": data["fingerprint"],
+        }
+        for task_name, entry in report["tasks"].items():
+            metric = metrics[name][task_name]
+            if int(getattr(metric, "num_nonfinite", 0)) or not bootstrap.resamplable(metric):
+                continue  # refused predictions have NaN metrics, and so do their resamples
+            fresh = build_metric(task_name, configs[name])
+            values = bootstrap.bootstrap_metric(
+                fresh, records[name][task_name], counts, entry["primary_metric"]
+            )
+            entry["bootstrap"] = {"interval": bootstrap.interval(values), "values": values}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -232,11 +276,19 @@ def _tasks_for_batch(
     return selected
 
 
+def _is_oracle(predictor) -> bool:
+    """Oracles (``stablemtl.evaluation.oracle``) predict from the labels: they get the Sample dicts."""
+    return callable(getattr(predictor, "predict_samples", None))
+
+
 def _predict(name: str, predictor, batch, tasks: list[str]) -> dict[str, torch.Tensor]:
-    images = torch.stack([s["image"] for s in batch]).float()
-    pairs = [s.get("next_image") for s in batch]
-    next_images = torch.stack(pairs).float() if pairs[0] is not None else None
-    out = predictor.predict(images, next_images, list(tasks))
+    if _is_oracle(predictor):
+        out = predictor.predict_samples(batch, list(tasks))
+    else:
+        images = torch.stack([s["image"] for s in batch]).float()
+        pairs = [s.get("next_image") for s in batch]
+        next_images = torch.stack(pairs).float() if pairs[0] is not None else None
+        out = predictor.predict(images, next_images, list(tasks))
     predictions = {}
     for task_name in tasks:
         if task_name not in out:
@@ -252,7 +304,11 @@ def _predict(name: str, predictor, batch, tasks: list[str]) -> dict[str, torch.T
     return predictions
 
 
-def _score(batch, predictions: dict[str, torch.Tensor], metrics: dict[str, Any], config: EvalConfig) -> None:
+def _score(
+    batch, predictions: dict[str, torch.Tensor], metrics: dict[str, Any], config: EvalConfig, recording=None
+) -> None:
+    """Update each task's metric per sample; ``recording = (index of the batch's first sample,
+    {task: [(sample index, state contribution)]})`` keeps every image's contribution for the bootstrap."""
     for task_name, pred in predictions.items():
         for i, sample in enumerate(batch):
             if task_name not in sample.get("labels", {}):
@@ -263,7 +319,12 @@ def _score(batch, predictions: dict[str, torch.Tensor], metrics: dict[str, Any],
             valid = sample.get("valid", {}).get(task_name)
             if valid is None:
                 valid = torch.ones(label.shape[-2:], dtype=torch.bool)
+            record = recording is not None and bootstrap.resamplable(metrics[task_name])
+            before = bootstrap.snapshot(metrics[task_name]) if record else None
             metrics[task_name].update(pred[i : i + 1], label.unsqueeze(0), valid.unsqueeze(0))
+            if record:
+                change = bootstrap.contribution(metrics[task_name], before)
+                recording[1].setdefault(task_name, []).append((recording[0] + i, change))
 
 
 def _warn_about(name: str, skipped: dict[str, str], metrics: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from stablemtl.evaluation.bootstrap import interval, same_resamples, verdict
 from stablemtl.evaluation.delta import delta_m, relative_gains
 
 logger = logging.getLogger(__name__)
@@ -100,16 +101,24 @@ def build_reference(reports: Sequence[Mapping[str, Any]]) -> dict[str, dict[str,
     """A Δm reference ``{task: {"value", "metric", "model"}}`` from earlier model reports.
 
     For each task, the report that scores the fewest tasks wins (so single-task models are the
-    reference by default); ties go to the earlier report.
+    reference by default); ties go to the earlier report. Oracle rows are skipped. A reference task
+    keeps its report's bootstrap values and settings (``"bootstrap"``, ``"bootstrap_settings"``), so
+    that Δm can be resampled too.
     """
     reference: dict[str, dict[str, Any]] = {}
-    ranked = sorted(enumerate(reports), key=lambda item: (len(item[1].get("tasks", {})), item[0]))
+    # Oracle rows (predicted from the labels, "oracle": true) bound the models; they are never a reference.
+    models = [r for r in reports if not r.get("oracle")]
+    ranked = sorted(enumerate(models), key=lambda item: (len(item[1].get("tasks", {})), item[0]))
     for _, report in ranked:
         for task_name, value in primary_metrics(report).items():
             if task_name not in reference:
                 metric = report["tasks"][task_name]["primary_metric"]
                 model = report.get("name", "model")
                 reference[task_name] = {"value": value, "metric": metric, "model": model}
+                values = (report["tasks"][task_name].get("bootstrap") or {}).get("values")
+                if values and report.get("bootstrap"):
+                    reference[task_name]["bootstrap"] = list(values)
+                    reference[task_name]["bootstrap_settings"] = dict(report["bootstrap"])
     if not reference:
         raise ValueError("the reference reports score no task")
     return reference
@@ -150,7 +159,32 @@ def delta_m_table(
             "tasks": sorted(metrics),
             "per_task": relative_gains(metrics, ref_values),
         }
+        out[name].update(_delta_m_interval(report, reference, sorted(metrics)))
     return out
+
+
+def _delta_m_interval(
+    report: Mapping[str, Any], reference: Mapping[str, Mapping[str, Any]], tasks: Sequence[str]
+) -> dict[str, Any]:
+    """The paired bootstrap interval of a Δm: the model's and the reference's primary metrics on the same
+    resamples give one Δm per resample. Empty when the two were not scored on the same resamples."""
+    settings = report.get("bootstrap")
+    model_values = {t: (report["tasks"][t].get("bootstrap") or {}).get("values") for t in tasks}
+    if not all(model_values.values()) or not all(
+        reference[t].get("bootstrap") and same_resamples(settings, reference[t].get("bootstrap_settings"))
+        for t in tasks
+    ):
+        return {}
+    draws = []
+    for b in range(int(settings["resamples"])):
+        metrics = {t: model_values[t][b] for t in tasks}
+        refs = {t: reference[t]["bootstrap"][b] for t in tasks}
+        finite = all(math.isfinite(v) and v != 0 for v in (*metrics.values(), *refs.values()))
+        draws.append(delta_m(metrics, refs) if finite else math.nan)
+    bounds = interval(draws, float(settings.get("level", 0.95)))
+    if bounds is None:
+        return {}
+    return {"interval": bounds, "verdict": verdict(*bounds)}
 
 
 def _restore_nan(value: Any) -> Any:

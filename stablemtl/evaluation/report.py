@@ -76,6 +76,34 @@ def write_report(
     return payload
 
 
+def _with_interval(entry: Mapping[str, Any]) -> str:
+    """A primary metric and its bootstrap interval, ``0.123 [0.110, 0.140]``."""
+    text = _fmt(entry["metrics"].get(entry["primary_metric"]))
+    bounds = (entry.get("bootstrap") or {}).get("interval")
+    return text if not bounds else f"{text} [{_fmt(bounds[0])}, {_fmt(bounds[1])}]"
+
+
+def _noise_lines(reports, delta) -> list[str]:
+    """The paragraph that says which Δm differ from the reference by more than the noise."""
+    settings = next((r["bootstrap"] for r in reports if r.get("bootstrap")), None)
+    if not settings:
+        return []
+    lines = [
+        f"Brackets: {100 * settings['level']:.0f} % paired bootstrap intervals over the "
+        f"{settings['num_samples']} test images ({settings['resamples']} resamples, seed {settings['seed']}, "
+        "the same resamples for every model).",
+        "",
+    ]
+    verdicts = []
+    for name, d in (delta or {}).items():
+        if d.get("interval") and d.get("delta_m") is not None:
+            low, high = d["interval"]
+            verdicts.append(
+                f"- {name} vs reference: Δm {d['delta_m']:+.2f} % [{low:+.2f}, {high:+.2f}]: {d['verdict']}."
+            )
+    return lines + ([*verdicts, ""] if verdicts else [])
+
+
 def render_markdown(
     reports: Sequence[Mapping[str, Any]],
     reference: Mapping[str, Mapping[str, Any]] | None,
@@ -99,12 +127,15 @@ def render_markdown(
         cells = [report["name"]]
         for t in tasks:
             entry = report["tasks"].get(t)
-            cells.append(_fmt(entry["metrics"].get(entry["primary_metric"])) if entry else "–")
+            cells.append(_with_interval(entry) if entry else "–")
         if delta is not None:
             value = delta[report["name"]]["delta_m"]
-            cells.append("–" if value is None else f"{value:+.2f}")
+            bounds = delta[report["name"]].get("interval")
+            text = "–" if value is None else f"{value:+.2f}"
+            cells.append(text if bounds is None else f"{text} [{bounds[0]:+.2f}, {bounds[1]:+.2f}]")
         lines.append(_row(cells))
     lines.append("")
+    lines += _noise_lines(reports, delta)
     if reference:
         sources = ", ".join(f"{t}: {r['model']}" for t, r in reference.items())
         lines += [f"Reference per task: {sources}.", ""]

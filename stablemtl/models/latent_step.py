@@ -106,6 +106,11 @@ class LatentStep:
         scaled = latents.to(decoder_dtype) / self.scaling_factor
         return self.vae.decode(scaled, return_dict=False)[0].float()
 
+    def round_trip(self, images: torch.Tensor) -> torch.Tensor:
+        """``decode(encode(images))``: what a perfect UNet's output becomes, ``(N, 3, H, W)`` in [-1, 1]
+        with ``H, W`` multiples of 8 (the ceiling row of a report, ``stablemtl.evaluation.oracle``)."""
+        return self.decode(self.encode(images.to(self.vae.device)))
+
     # -- UNet -----------------------------------------------------------------------------------------
     def unet_input(
         self,

@@ -46,7 +46,7 @@ class TrainConfig:
     input_noise: str = "deterministic"  # target slot of the UNet input: zeros or standard normal noise
     # data
     train_data: list[str] = field(default_factory=list)  # sources, one per entry (load_source specs)
-    validation_data: list[str] = field(default_factory=list)  # default: the training sources
+    validation_data: list[str] = field(default_factory=list)  # default: rows held out of train_data
     tasks: list[str] | None = None  # None: every registered task that some source labels
     source_weights: dict[str, dict[str, float]] = field(default_factory=dict)  # {task: {source: w}}
     task_sampling: str = "round_robin"  # round_robin | uniform | adaptive
@@ -105,6 +105,8 @@ class TrainConfig:
         for name in (*positive, "checkpointing_steps", "validation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_validation_images < 0:
+            raise ValueError(f"num_validation_images must be >= 0, got {self.num_validation_images}")
         choices = {
             "task_sampling": ("round_robin", "uniform", "adaptive"),
             "task_grouping": ("isolated", "joint"),
@@ -165,7 +167,8 @@ HELP = {
     "input_noise": "target slot of the UNet input: deterministic (zeros, the paper) or random (noise)",
     "train_data": "sources, one per entry: data folders, configs/data/<set>.yaml, 'reader:root' or 'hub:id' "
     "(see docs/data.md)",
-    "validation_data": "folders for validation grids; default: the training sources",
+    "validation_data": "folders for validation grids; default: the last num_validation_images rows (at "
+    "most a quarter) of each training source, held out of training",
     "tasks": "tasks to train, in round-robin order; default: every task some source labels",
     "source_weights": "JSON {task: {source: weight}}: within-task source probabilities (by source name)",
     "task_sampling": "task of each optimizer step: round_robin (official) | uniform | adaptive",

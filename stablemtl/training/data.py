@@ -90,13 +90,28 @@ def collate_groups(items: Sequence[tuple[str, Mapping]]) -> list[dict]:
     return groups
 
 
-def source_info(dataset: Dataset, tasks: Sequence[str] | None = None) -> SourceInfo:
+def held_out_rows(config: TrainConfig, size: int) -> int:
+    """How many rows at the end of a training source of ``size`` rows training never draws, kept for
+    validation: without ``validation_data``, ``num_validation_images`` but at most a quarter of the
+    source (a tiny source keeps most of its rows for training); with ``validation_data``, none."""
+    return 0 if config.validation_data else min(config.num_validation_images, size // 4)
+
+
+def source_info(dataset: Dataset, tasks: Sequence[str] | None = None, held_out: int = 0) -> SourceInfo:
     """The sampler's view of a loaded source: name, size, labelled tasks and, for ``tasks``, the rows
-    that label each (sources whose rows label different tasks expose ``rows_with_task``)."""
+    that label each (sources whose rows label different tasks expose ``rows_with_task``). The last
+    ``held_out`` rows are left out: the sampler only sees rows ``[0, len - held_out)``."""
+    size = len(dataset) - held_out
+    if not 0 <= held_out < len(dataset):
+        raise ValueError(
+            f"held_out must be in [0, {len(dataset)}) for source {dataset.source!r}, got {held_out}"
+        )
     rows = None
     if tasks is not None and hasattr(dataset, "rows_with_task"):
-        rows = {t: tuple(dataset.rows_with_task(t)) for t in tasks if t in dataset.tasks}
-    return SourceInfo(name=str(dataset.source), size=len(dataset), tasks=tuple(dataset.tasks), rows=rows)
+        rows = {
+            t: tuple(r for r in dataset.rows_with_task(t) if r < size) for t in tasks if t in dataset.tasks
+        }
+    return SourceInfo(name=str(dataset.source), size=size, tasks=tuple(dataset.tasks), rows=rows)
 
 
 def resolve_tasks(requested: Sequence[str] | None, infos: Sequence[SourceInfo]) -> list[str]:
@@ -127,7 +142,10 @@ def build_training_data(
     datasets = apply_label_protocol(datasets, config.label_protocol, config.label_seed, tasks)
     if wrap_source is not None:
         datasets = [wrap_source(d, i) for i, d in enumerate(datasets)]
-    infos = [source_info(d, tasks) for d in datasets]
+    held_out = [held_out_rows(config, len(d)) for d in datasets]
+    if any(held_out):
+        logger.info("validation holds out the last rows of each training source: %s", held_out)
+    infos = [source_info(d, tasks, n) for d, n in zip(datasets, held_out)]
     sampler = TaskIsolatedSampler(
         infos,
         tasks,

@@ -21,21 +21,37 @@ from stablemtl.data import collate_task_batch, load_source
 from stablemtl.tasks import get_task
 from stablemtl.tasks.base import to_pil_rgb
 from stablemtl.training.config import TrainConfig
+from stablemtl.training.data import held_out_rows
 from stablemtl.training.objectives.base import Objective
 from stablemtl.utils.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
 
-def validation_groups(datasets: Sequence[Dataset], tasks: Sequence[str], num_images: int) -> list[dict]:
-    """One collated group per task: the first ``num_images`` samples of the first source labelling it."""
+def validation_groups(
+    datasets: Sequence[Dataset],
+    tasks: Sequence[str],
+    num_images: int,
+    rows: Sequence[Sequence[int]] | None = None,
+) -> list[dict]:
+    """One collated group per task: the first ``num_images`` samples labelling it of the first source
+    that has any, among that source's ``rows`` (per dataset; default: all of its rows)."""
     groups = []
     for task in tasks:
-        source = next((d for d in datasets if task in d.tasks), None)
-        if source is None:
+        samples = []
+        for i, source in enumerate(datasets):
+            if task not in source.tasks:
+                continue
+            candidates = range(len(source)) if rows is None else rows[i]
+            if hasattr(source, "rows_with_task"):
+                labelled = set(source.rows_with_task(task))
+                candidates = [r for r in candidates if r in labelled]
+            samples = [source[r] for r in list(candidates)[:num_images]]
+            if samples:
+                break
+        if not samples:
             logger.warning("no validation source labels %s: it is left out of validation", task)
             continue
-        samples = [source[i] for i in range(min(num_images, len(source)))]
         groups.append(collate_task_batch(samples, task))
     return groups
 
@@ -49,11 +65,18 @@ class ValidationSet:
 
     @classmethod
     def build(cls, config: TrainConfig, tasks: Sequence[str]) -> ValidationSet:
-        """``validation_data`` unaugmented, else the first rows of the training folders (in-sample)."""
+        """``validation_data`` unaugmented, else the rows held out at the end of each training folder
+        (``held_out_rows``: the training sampler never draws them)."""
         folders = config.validation_data or config.train_data
-        origin = "held-out validation_data" if config.validation_data else "training rows, in-sample"
         sources = [load_source(path, augment=False, seed=config.seed) for path in folders]
-        return cls(validation_groups(sources, tasks, config.num_validation_images), origin)
+        if config.validation_data:
+            return cls(
+                validation_groups(sources, tasks, config.num_validation_images), "held-out validation_data"
+            )
+        held_out = [held_out_rows(config, len(s)) for s in sources]
+        tails = [range(len(s) - n, len(s)) for s, n in zip(sources, held_out)]
+        origin = f"the last {'/'.join(map(str, held_out))} rows of the training sources, held out of training"
+        return cls(validation_groups(sources, tasks, config.num_validation_images, tails), origin)
 
     def __bool__(self) -> bool:
         return bool(self.groups)

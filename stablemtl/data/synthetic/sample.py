@@ -15,9 +15,19 @@ if TYPE_CHECKING:
 
 
 def scene_rng(profile: str, split: str, shift: bool, seed: int, index: int) -> np.random.Generator:
-    """The generator of row ``index``: independent streams per profile, split, domain, seed and row."""
-    split_code = 0 if split == "train" else 1
-    entropy = [int(seed), int(index), zlib.crc32(profile.encode()), split_code, int(shift)]
+    """The generator of row ``index``: independent streams per profile, split, domain, seed and row.
+
+    The key is five 32-bit words ``(seed, index, crc32(profile), split code, shift)``: with ``seed`` and
+    ``index`` bounded to 32 bits the key is injective, so two different splits (or rows, seeds, ...) can
+    never share a random stream, whatever seeds the callers pick.
+    """
+    from stablemtl.data.profiles import SPLIT_CODES, check_split
+
+    check_split(split)
+    for name, value in (("seed", seed), ("index", index)):
+        if not 0 <= int(value) < 2**32:
+            raise ValueError(f"{name} must be in [0, 2**32), got {value}")
+    entropy = [int(seed), int(index), zlib.crc32(profile.encode()), SPLIT_CODES[split], int(bool(shift))]
     return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
