@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -22,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-from stablemtl.testing import make_tiny_sd_folder
+from stablemtl.resources import embedded_base
 from stablemtl.training.components import load_pipeline
-from stablemtl.training.config import DEFAULT_BASE
 from stablemtl.training.objectives.single_stream import StableMTLObjective
 from stablemtl.training.step import micro_step
 
@@ -154,23 +152,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        base = args.pretrained_model_name_or_path
-        if base is None:  # the embedded base, else a freshly initialised tiny one of the same layout
-            base = str(DEFAULT_BASE if DEFAULT_BASE.is_dir() else make_tiny_sd_folder(f"{tmp}/tiny-sd"))
-        tasks = ["depth", "normal", "semantic"]
-        pipe = load_pipeline(base, tasks)
-        print(
-            f"base {base}, batch {args.batch_size} at {args.resolution} px, {torch.get_num_threads()} threads"
-        )
-        train = bench_training(pipe, args.batch_size, args.resolution, args.rounds, args.warmup)
-        _report("training (one micro-batch of depth)", train, "training step (ours)", "bare VAE+UNet step")
-        unet_only = train["training step (ours)"] / train["bare UNet fwd/bwd"]
-        print(f"  ours vs bare UNet fwd/bwd only (no VAE, no clipping): x{unet_only:.2f}")
-        infer = bench_pipeline(pipe, args.batch_size, args.resolution, args.rounds, args.warmup, tasks)
-        _report(
-            f"inference ({len(tasks)} tasks per image)", infer, "pipeline call (ours)", "bare VAE+UNet+VAE"
-        )
+    base = args.pretrained_model_name_or_path or str(embedded_base())
+    tasks = ["depth", "normal", "semantic"]
+    pipe = load_pipeline(base, tasks)
+    print(f"base {base}, batch {args.batch_size} at {args.resolution} px, {torch.get_num_threads()} threads")
+    train = bench_training(pipe, args.batch_size, args.resolution, args.rounds, args.warmup)
+    _report("training (one micro-batch of depth)", train, "training step (ours)", "bare VAE+UNet step")
+    unet_only = train["training step (ours)"] / train["bare UNet fwd/bwd"]
+    print(f"  ours vs bare UNet fwd/bwd only (no VAE, no clipping): x{unet_only:.2f}")
+    infer = bench_pipeline(pipe, args.batch_size, args.resolution, args.rounds, args.warmup, tasks)
+    _report(f"inference ({len(tasks)} tasks per image)", infer, "pipeline call (ours)", "bare VAE+UNet+VAE")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""The main job (``make demo``) end to end at toy scale on the embedded base: data, stage 1, references,
-evaluation and the report with its pictures."""
+"""The main job (``make demo``) end to end at toy scale on the embedded base: data, stage 1, stage 2,
+both baselines, references, evaluation and the report with its pictures."""
 
 import json
 
@@ -23,6 +23,12 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, monkeypatch):
             "32",
             "--max_train_steps",
             "7",
+            "--stage2_steps",
+            "2",
+            "--hitt_steps",
+            "1",
+            "--prototype_steps",
+            "2",
         ]
     )
     text = report.read_text()
@@ -30,6 +36,7 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, monkeypatch):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     names = {model["name"] for model in metrics["models"]}
     assert {"StableMTL-S", "constant", "single-task depth", "single-task semantic"} <= names
+    assert {"StableMTL", "HiTT", "task prototype"} <= names  # stage 2 and both baselines, same evaluator
     stage1 = next(m for m in metrics["models"] if m["name"] == "StableMTL-S")
     assert set(stage1["tasks"]) == {
         "albedo",

@@ -22,6 +22,7 @@ import yaml
 
 from stablemtl.data.label_protocols import PROTOCOLS
 from stablemtl.models.latent_step import LatentStepSettings
+from stablemtl.resources import embedded_base
 from stablemtl.tasks import task_names
 
 # The official warm-up + exponential decay, then the schedules of diffusers.optimization.get_scheduler.
@@ -29,7 +30,6 @@ LR_SCHEDULERS = (
     "exponential", "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
     "polynomial",
 )  # fmt: skip
-DEFAULT_BASE = Path(__file__).resolve().parents[2] / "assets" / "stablemtl-tiny-base"
 
 
 @dataclass
@@ -140,12 +140,10 @@ class TrainConfig:
         """The base model to start from: the given one, else the embedded tiny base, else an error."""
         if self.pretrained_model_name_or_path:
             return self.pretrained_model_name_or_path
-        if DEFAULT_BASE.is_dir():
-            return str(DEFAULT_BASE)
-        raise ValueError(
-            f"no base model: pass --pretrained_model_name_or_path (a Hub id such as "
-            f"'stabilityai/stable-diffusion-2' or a folder); the embedded base {DEFAULT_BASE} is missing"
-        )
+        try:
+            return str(embedded_base())
+        except FileNotFoundError as error:
+            raise ValueError(f"no base model: {error}") from error
 
     def latent_step_settings(self) -> LatentStepSettings:
         """The latent-step settings the trained pipeline records (validated as the pipeline does)."""

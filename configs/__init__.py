@@ -1,0 +1,1 @@
+"""YAML settings (runs, data sets); installed as ``stablemtl.configs`` (package data)."""

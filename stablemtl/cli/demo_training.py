@@ -1,0 +1,111 @@
+"""The demo's training runs: each model of the comparison, trained through the shared loop.
+
+Every run writes its model folder under ``<out>/models/<name>`` and is reused when that folder is
+complete, so an interrupted ``make demo`` continues where it stopped. All runs share the demo's data,
+batch size and seed (``configs/demo.yaml``); each model keeps its own learning rate and step budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stablemtl.resources import config_file
+from stablemtl.training import train
+from stablemtl.training.config import TrainConfig, load_config, load_configs
+
+logger = logging.getLogger("stablemtl.demo")
+
+
+def _done(folder: Path, index: str) -> bool:
+    if (folder / index).is_file():
+        logger.info("reusing %s", folder)
+        return True
+    return False
+
+
+def _loop_settings(args, out: Path, name: str, data: Sequence[Path], steps: int, **extra: Any) -> dict:
+    settings = {
+        "train_data": [str(d) for d in data],
+        "output_dir": str(out / "models" / name),
+        "seed": args.seed,
+        "max_train_steps": steps,
+        "checkpointing_steps": max(1, steps // 2),
+        "validation_steps": max(1, steps // 2),
+    }
+    if getattr(args, "validation_data", None):
+        settings["validation_data"] = [str(d) for d in args.validation_data]
+    return {**settings, **extra}
+
+
+def demo_config_path(args) -> Path:
+    """The stage-1 YAML of the demo: ``--config`` or the shipped ``configs/demo.yaml``."""
+    return Path(args.config) if args.config else config_file("demo.yaml")
+
+
+def train_stage1(
+    args, out: Path, name: str, data: Sequence[Path], tasks: list[str] | None, steps: int
+) -> Path:
+    """StableMTL-S on ``tasks`` (all labelled tasks when None); a StableMTLPipeline folder."""
+    settings = _loop_settings(args, out, name, data, steps, tasks=tasks)
+    if args.base:
+        settings["pretrained_model_name_or_path"] = args.base
+    config = load_config(demo_config_path(args), **settings)
+    folder = Path(config.output_dir)
+    return folder if _done(folder, "model_index.json") else train(config)
+
+
+def train_stage2(args, out: Path, stage1: Path, data: Sequence[Path], steps: int) -> Path:
+    """StableMTL (multi-stream) from the stage-1 folder: task attention only, for the demo's budget."""
+    from stablemtl.training.loop import train as train_loop
+    from stablemtl.training.objectives.multi_stream import MultiStreamConfig, stage2_objective
+
+    settings = _loop_settings(
+        args, out, "stablemtl", data, steps, stage1_model=str(stage1), train_only_task_attention=True
+    )
+    train_config, model_config = load_configs(
+        demo_config_path(args), [TrainConfig, MultiStreamConfig], **settings
+    )
+    folder = Path(train_config.output_dir)
+    if _done(folder, "model_index.json"):
+        return folder
+    return train_loop(
+        train_config,
+        lambda tasks, config, resolution: stage2_objective(tasks, config, resolution, model_config),
+    )
+
+
+def train_hitt(args, out: Path, data: Sequence[Path], steps: int) -> Path:
+    """HiTT: phase 1 on the partial labels, then discovery and phase 2 from scratch (``steps`` each)."""
+    from stablemtl.training.hitt_training import train_hitt as run_phase
+    from stablemtl.training.objectives.hitt import HiTTConfig
+
+    yaml = config_file("hitt.yaml")
+    phase1 = out / "models" / "hitt_phase1"
+    if not _done(phase1, "config.json"):
+        run_phase(
+            *load_configs(
+                yaml, [TrainConfig, HiTTConfig], **_loop_settings(args, out, "hitt_phase1", data, steps)
+            )
+        )
+    settings = _loop_settings(args, out, "hitt", data, steps, phase=2, phase1_model=str(phase1))
+    train_config, hitt_config = load_configs(yaml, [TrainConfig, HiTTConfig], **settings)
+    folder = Path(train_config.output_dir)
+    return folder if _done(folder, "config.json") else run_phase(train_config, hitt_config)
+
+
+def train_prototype(args, out: Path, data: Sequence[Path], steps: int) -> Path:
+    """The task-prototype knowledge-retrieval baseline."""
+    from stablemtl.training.loop import train as train_loop
+    from stablemtl.training.objectives.prototype import PrototypeConfig, PrototypeObjective
+
+    settings = _loop_settings(args, out, "prototype", data, steps)
+    train_config, model_config = load_configs(
+        config_file("demo_prototype.yaml"), [TrainConfig, PrototypeConfig], **settings
+    )
+    folder = Path(train_config.output_dir)
+    if _done(folder, "config.json"):
+        return folder
+    return train_loop(train_config, lambda tasks, *_: PrototypeObjective(model_config, tasks))
