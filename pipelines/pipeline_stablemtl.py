@@ -35,6 +35,7 @@ from stablemtl.models.latent_step import LatentStep, LatentStepSettings
 from stablemtl.models.task_tokens import TASK_EMBEDDINGS_NAME, TaskEmbeddings
 from stablemtl.pipelines.folder_io import check_save_directory, staged_save
 from stablemtl.pipelines.image_processor import RESAMPLE_METHODS, ImageInput, StableMTLImageProcessor
+from stablemtl.pipelines.lora_loading import StableMTLLoraLoaderMixin
 from stablemtl.tasks import check_tasks, get_task, task_names
 
 logger = logging.get_logger(__name__)
@@ -83,7 +84,7 @@ class StableMTLOutput(BaseOutput):
         return dict(self.items())
 
 
-class StableMTLPipeline(DiffusionPipeline):
+class StableMTLPipeline(DiffusionPipeline, StableMTLLoraLoaderMixin):
     """Multi-task dense prediction with a Stable Diffusion UNet in one deterministic step.
 
     Args:
@@ -428,7 +429,7 @@ class StableMTLPipeline(DiffusionPipeline):
             first, second = latents[:count], latents[count:] if next_frames is not None else latents
             batch_generator = generator[start : start + count] if isinstance(generator, list) else generator
             x0 = self.predict_latents(
-                first, second, condition, condition_mask, pair_mask, batch_generator
+                first, second, condition, condition_mask, pair_mask, batch_generator, task_names=tasks
             )  # [B*T,4,h,w]
             image3 = step.decode(x0)  # [B*T,3,PPH,PPW] float32
             decoded.append(image3.unflatten(0, (count, len(tasks))))  # [B,T,3,PPH,PPW]
@@ -477,10 +478,12 @@ class StableMTLPipeline(DiffusionPipeline):
         condition_mask: torch.Tensor | None,
         pair_mask: torch.Tensor,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        task_names: Sequence[str] | None = None,
     ) -> torch.Tensor:
         """One UNet call for every (image, task): ``[B,4,h,w]`` latents of both frames, ``[T,L,D]`` task
         tokens -> x0 latents ``[B*T,4,h,w]`` ordered image-major (all tasks of image 0, then image 1, ...).
-        Tasks with ``pair_mask`` False get ``config.second_frame``: the first frame again or zeros."""
+        Tasks with ``pair_mask`` False get ``config.second_frame``: the first frame again or zeros.
+        ``task_names`` (the T names) route task-adaptive LoRA adapters, when loaded (docs/lora.md)."""
         count, tasks = first.shape[0], condition.shape[0]
         if isinstance(generator, list):
             # One generator per image (Marigold's convention): image i's T targets come from generator[i].
@@ -494,7 +497,8 @@ class StableMTLPipeline(DiffusionPipeline):
         )  # [B*T,12,h,w]
         hidden = condition.repeat(count, 1, 1)  # [B*T,L,D]
         mask = None if condition_mask is None else condition_mask.repeat(count, 1)  # [B*T,L]
-        return step.predict(self.unet, sample, hidden, mask)
+        with self.lora_routing(task_names, count):
+            return step.predict(self.unet, sample, hidden, mask)
 
     def decode_prediction(
         self, task: str, image3: torch.Tensor, size: tuple[int, int] | None, resample_method: str
