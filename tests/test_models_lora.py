@@ -234,3 +234,21 @@ def test_push_lora_to_hub_uploads_only_adapters_and_card(base, monkeypatch):
     monkeypatch.setattr("stablemtl.pipelines.lora_loading.push_folder_to_hub", fake_push)
     assert pipe.push_lora_to_hub("someone/adapters") == "url"
     assert set(uploaded) == {"pytorch_lora_weights.safetensors", "README.md", "repo"}
+
+
+def test_gradient_checkpointing_recomputes_with_the_same_routing():
+    grads = []
+    for checkpointing in (False, True):
+        unet = _unet().train()
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        lora = TaskLoRA.install(unet, TaskLoRASettings(rank=2, task_rank=2, tasks=TASKS))
+        _perturb(lora)
+        x, t, h = _inputs(3, unet)
+        lora.set_routing(["depth", "normal", "depth"])
+        loss = unet(x, t, h).sample.square().mean()
+        loss.backward()  # the recomputation happens here, after the forward returned
+        grads.append([p.grad.clone() for p in lora.adapter_parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for plain, checkpointed in zip(*grads, strict=True):
+        torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=1e-4)
