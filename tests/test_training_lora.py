@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
+from safetensors.torch import load_file
 
 from stablemtl.data import make_dataset
 from stablemtl.pipelines import StableMTLPipeline
@@ -107,3 +108,23 @@ def test_the_script_trains_fully_without_lora_rank_and_checks_the_flags(assets, 
         )
     with pytest.raises(ValueError, match="--lora_task_rank needs --lora_rank"):
         script.main([*common, "--output_dir", str(tmp_path / "bad2"), "--lora_task_rank", "2"])
+
+
+def test_a_resumed_lora_run_ends_with_the_adapters_of_an_uninterrupted_one(assets, tmp_path):
+    factory = lora_objective_factory(LoRATrainConfig(lora_rank=2, lora_task_rank=2))
+    # lr_total_steps: the 2-step run must follow the 4-step run's schedule, as an interrupted run would.
+    settings = {"max_train_steps": 4, "lr_total_steps": 4, "checkpointing_steps": 2, "validation_steps": 100}
+    straight = train(_config(assets, tmp_path / "straight", **settings), factory)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    train(_config(assets, tmp_path / "resumed", **{**settings, "max_train_steps": 2}), factory)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    resumed = train(
+        _config(assets, tmp_path / "resumed", **settings, resume_from_checkpoint="latest"), factory
+    )
+    a = load_file(str(straight / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(resumed / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=0, rtol=0, msg=key)
