@@ -35,6 +35,7 @@ from stablemtl.models.latent_step import LatentStep, LatentStepSettings
 from stablemtl.models.task_tokens import TASK_EMBEDDINGS_NAME, TaskEmbeddings
 from stablemtl.pipelines.folder_io import check_save_directory, staged_save
 from stablemtl.pipelines.image_processor import RESAMPLE_METHODS, ImageInput, StableMTLImageProcessor
+from stablemtl.pipelines.lora_loading import LORA_WEIGHT_NAME, StableMTLLoraLoaderMixin
 from stablemtl.tasks import check_tasks, get_task, task_names
 
 logger = logging.get_logger(__name__)
@@ -83,7 +84,7 @@ class StableMTLOutput(BaseOutput):
         return dict(self.items())
 
 
-class StableMTLPipeline(DiffusionPipeline):
+class StableMTLPipeline(DiffusionPipeline, StableMTLLoraLoaderMixin):
     """Multi-task dense prediction with a Stable Diffusion UNet in one deterministic step.
 
     Args:
@@ -488,8 +489,8 @@ class StableMTLPipeline(DiffusionPipeline):
         """One UNet call for every (image, task): ``[B,4,h,w]`` latents of both frames, ``[T,L,D]`` task
         tokens -> x0 latents ``[B*T,4,h,w]`` ordered image-major (all tasks of image 0, then image 1, ...).
         Tasks with ``pair_mask`` False get ``config.second_frame``: the first frame again or zeros.
-        ``tasks`` (the T names) and ``use_pair`` (``second`` holds next frames) serve subclasses that build
-        inputs of other tasks too."""
+        ``tasks`` (the T names) route task-adaptive LoRA adapters when loaded (docs/lora.md); with
+        ``use_pair`` (``second`` holds next frames) they serve subclasses that build inputs of other tasks."""
         count, tasks = first.shape[0], condition.shape[0]
         if isinstance(generator, list):
             # One generator per image (Marigold's convention): image i's T targets come from generator[i].
@@ -503,7 +504,8 @@ class StableMTLPipeline(DiffusionPipeline):
         )  # [B*T,12,h,w]
         hidden = condition.repeat(count, 1, 1)  # [B*T,L,D]
         mask = None if condition_mask is None else condition_mask.repeat(count, 1)  # [B*T,L]
-        return step.predict(self.unet, sample, hidden, mask)
+        with self.lora_routing(tasks, count):
+            return step.predict(self.unet, sample, hidden, mask)
 
     def decode_prediction(
         self, task: str, image3: torch.Tensor, size: tuple[int, int] | None, resample_method: str
@@ -570,13 +572,19 @@ class StableMTLPipeline(DiffusionPipeline):
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
     ) -> StableMTLPipeline:
-        """Load a saved pipeline (folder or Hub id) with its task tokens (``task_embeddings.safetensors``)."""
+        """Load a saved pipeline (folder or Hub id) with its task tokens (``task_embeddings.safetensors``).
+
+        A local folder written by a LoRA run (the base plus ``pytorch_lora_weights.safetensors``) loads
+        with its adapters, so it predicts as it was trained; ``unload_lora_weights()`` gives the base."""
         hub_kwargs = {
             k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs
         }
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         pipe._hub_kwargs = hub_kwargs
         pipe._loaded_task_embeddings()  # now, so that a missing file fails at load time
+        adapters = Path(pretrained_model_name_or_path) / LORA_WEIGHT_NAME
+        if adapters.is_file():
+            pipe.load_lora_weights(str(adapters.parent))
         return pipe
 
     def save_pretrained(

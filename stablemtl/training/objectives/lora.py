@@ -1,0 +1,130 @@
+"""Stage 1 with task-adaptive LoRA (docs/lora.md): the single-stream objective, base UNet frozen.
+
+:class:`TaskLoRAObjective` is :class:`~stablemtl.training.objectives.single_stream.StableMTLObjective`
+(same inputs, same latent loss, same validation) with :class:`~stablemtl.models.lora.TaskLoRA` installed on
+its UNet: the optimizer sees only the adapters and their gates, and every UNet call is routed so that each
+sample uses the shared adapter plus its own task's adapter. The final folder holds the frozen base pipeline
+plus ``pytorch_lora_weights.safetensors``; ``StableMTLPipeline.from_pretrained(folder)`` followed by
+``load_lora_weights(folder)`` restores the trained model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stablemtl.models.lora import DEFAULT_TARGETS, TASK_LAYER_CHOICES, TaskLoRASettings
+from stablemtl.pipelines.pipeline_stablemtl import StableMTLPipeline
+from stablemtl.training.config import TrainConfig
+from stablemtl.training.objectives.single_stream import PreparedBatch, StableMTLObjective, stage1_objective
+
+
+@dataclass
+class LoRATrainConfig:
+    """The LoRA flags of the stage-1 training script; without ``lora_rank`` the UNet trains fully."""
+
+    lora_rank: int | None = field(
+        default=None, metadata={"help": "rank R of the shared adapter; set it to train LoRA adapters only"}
+    )
+    lora_task_rank: int | None = field(
+        default=None, metadata={"help": "rank r of each task's adapter (default: --lora_rank)"}
+    )
+    lora_task_layers: str = field(
+        default="dec",
+        metadata={"help": f"layers carrying task adapters, one of {TASK_LAYER_CHOICES} (dec: up_blocks)"},
+    )
+    lora_targets: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TARGETS),
+        metadata={"help": "module-name suffixes the adapters wrap (peft target_modules)"},
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.lora_rank is not None
+
+    def settings(self, tasks: Sequence[str], seed: int) -> TaskLoRASettings:
+        """The adapter settings for ``tasks``; ``ValueError`` naming a bad flag."""
+        if self.lora_task_rank is not None and self.lora_rank is None:
+            raise ValueError("--lora_task_rank needs --lora_rank")
+        settings = TaskLoRASettings(
+            rank=self.lora_rank,
+            task_rank=self.lora_task_rank if self.lora_task_rank is not None else self.lora_rank,
+            tasks=list(tasks),
+            task_layers=self.lora_task_layers,
+            targets=list(self.lora_targets),
+            seed=seed,
+        )
+        try:
+            settings.validate()
+        except ValueError as error:
+            raise ValueError(f"--lora_*: {error}") from error
+        return settings
+
+
+class TaskLoRAObjective(StableMTLObjective):
+    """The stage-1 objective training only shared + per-task adapters and the task gates.
+
+    Args:
+        pipe: the pipeline to adapt; its UNet is frozen and gets the adapters.
+        settings: the adapters' ranks, layers, targets and tasks.
+        training_info: facts for the model card.
+    """
+
+    # A micro-batch of task m leaves the other tasks' adapters and gates without a gradient.
+    ddp_find_unused_parameters = True
+
+    def __init__(
+        self,
+        pipe: StableMTLPipeline,
+        settings: TaskLoRASettings,
+        training_info: Mapping[str, Any] | None = None,
+    ):
+        super().__init__(pipe, training_info)
+        self.lora = pipe.install_task_lora(settings)
+        self.info["lora"] = settings.to_dict()
+
+    def predict_latents(self, unet: torch.nn.Module, batch: PreparedBatch) -> torch.Tensor:
+        # Set, not scoped: gradient checkpointing re-runs this forward during backward.
+        self.lora.set_routing(batch.tasks)
+        return super().predict_latents(unet, batch)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        modules: Mapping[str, torch.nn.Module],
+        images: torch.Tensor,
+        next_images: torch.Tensor | None,
+        tasks: Sequence[str],
+    ) -> dict[str, torch.Tensor]:
+        out = {}
+        for task in tasks:
+            with self.lora.routing(task):
+                out.update(super().predict(modules, images, next_images, [task]))
+        return out
+
+    def save_model(self, modules: Mapping[str, torch.nn.Module], output_dir: Path) -> None:
+        """The frozen base pipeline folder plus the adapters (``pytorch_lora_weights.safetensors``)."""
+        self.pipe.register_modules(unet=modules["unet"])
+        self.pipe.set_training_info(**self.info)
+        state = self.lora.state_dict()
+        self.pipe.save_lora_weights(output_dir, base_model="this folder's pipeline")
+        # The base folder is saved without peft layers; the adapters go back on so the objective stays usable.
+        self.pipe.unload_lora_weights()
+        super().save_model({"unet": self.pipe.unet}, output_dir)
+        self.lora = self.pipe.install_task_lora(self.lora.settings)
+        self.lora.load_state_dict(state)
+
+
+def lora_objective_factory(lora_config: LoRATrainConfig):
+    """An ``objective_factory`` for :func:`stablemtl.training.loop.train`: stage 1 with TA-LoRA."""
+
+    def factory(tasks: list[str], config: TrainConfig, resolution: int) -> TaskLoRAObjective:
+        settings = lora_config.settings(tasks, config.seed)
+        base = stage1_objective(tasks, config, resolution)
+        return TaskLoRAObjective(base.pipe, settings, base.info)
+
+    return factory
