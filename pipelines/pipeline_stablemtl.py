@@ -491,14 +491,14 @@ class StableMTLPipeline(DiffusionPipeline, StableMTLLoraLoaderMixin):
         Tasks with ``pair_mask`` False get ``config.second_frame``: the first frame again or zeros.
         ``tasks`` (the T names) route task-adaptive LoRA adapters when loaded (docs/lora.md); with
         ``use_pair`` (``second`` holds next frames) they serve subclasses that build inputs of other tasks."""
-        count, tasks = first.shape[0], condition.shape[0]
+        count, num_tasks = first.shape[0], condition.shape[0]
         if isinstance(generator, list):
             # One generator per image (Marigold's convention): image i's T targets come from generator[i].
-            generator = [g for g in generator for _ in range(tasks)]
+            generator = [g for g in generator for _ in range(num_tasks)]
         step = self.latent_step
         sample = step.unet_input(
-            first.repeat_interleave(tasks, dim=0),  # [B*T,4,h,w]
-            second.repeat_interleave(tasks, dim=0),
+            first.repeat_interleave(num_tasks, dim=0),  # [B*T,4,h,w]
+            second.repeat_interleave(num_tasks, dim=0),
             has_pair=pair_mask.repeat(count),
             generator=generator,
         )  # [B*T,12,h,w]
