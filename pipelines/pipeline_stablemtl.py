@@ -36,7 +36,7 @@ from stablemtl.models.task_tokens import TASK_EMBEDDINGS_NAME, TaskEmbeddings
 from stablemtl.pipelines.folder_io import check_save_directory, staged_save
 from stablemtl.pipelines.image_processor import RESAMPLE_METHODS, ImageInput, StableMTLImageProcessor
 from stablemtl.pipelines.lora_loading import LORA_WEIGHT_NAME, StableMTLLoraLoaderMixin
-from stablemtl.tasks import check_tasks, get_task, task_names
+from stablemtl.tasks import PAPER_TASKS, check_tasks, get_task
 
 logger = logging.get_logger(__name__)
 
@@ -538,13 +538,14 @@ class StableMTLPipeline(DiffusionPipeline, StableMTLLoraLoaderMixin):
         """A fresh stage-1 pipeline from a Stable Diffusion base (a folder or a Hub id).
 
         Loads unet, vae, text encoder, tokenizer and scheduler; widens ``conv_in`` to 3x the latent channels
-        (tiled, scaled 1/3); computes the task tokens of ``tasks`` (default: every registered task) from their
-        prompts; sets the scheduler to x0 (``"sample"``) prediction. The text encoder and tokenizer are kept
-        only with ``keep_text_encoder`` (they are needed to add tasks later, never for inference).
+        (tiled, scaled 1/3); computes the task tokens of ``tasks`` from their prompts (default: the paper's
+        seven, ``stablemtl.tasks.PAPER_TASKS``; other registered tasks such as ``semantic_nyud`` are named);
+        sets the scheduler to x0 (``"sample"``) prediction. The text encoder and tokenizer are kept only
+        with ``keep_text_encoder`` (they are needed to add tasks later, never for inference).
         ``load_kwargs`` (``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``variant``) go to
         every ``from_pretrained``.
         """
-        tasks = check_tasks(task_names() if tasks is None else tasks)
+        tasks = check_tasks(PAPER_TASKS if tasks is None else tasks)
         dtype_kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
         unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", **dtype_kwargs, **load_kwargs)
         vae = AutoencoderKL.from_pretrained(base, subfolder="vae", **dtype_kwargs, **load_kwargs)

@@ -15,7 +15,7 @@ from PIL import Image
 from stablemtl import StableMTLPipeline
 from stablemtl.hub import make_model_card
 from stablemtl.models.task_tokens import TaskEmbeddings
-from stablemtl.tasks import get_task
+from stablemtl.tasks import PAPER_TASKS, get_task, task_names
 from stablemtl.testing import make_tiny_sd_folder
 
 ALL_TASKS = ["semantic", "depth", "normal", "optical_flow", "scene_flow", "albedo", "shading"]
@@ -289,6 +289,18 @@ def test_from_base_widens_conv_in_and_sets_x0_prediction(pipe, base):
     torch.testing.assert_close(pipe.unet.conv_in.weight[:, 4:8], original.conv_in.weight / 3)
     assert pipe.config.training_info == {"base_model": str(base)}
     assert pipe.task_embeddings["optical_flow"].shape == (4, 32)  # BOS, optical, flow, EOS: unpadded
+
+
+def test_default_tasks_are_the_papers_seven_and_semantic_nyud_is_asked_for(pipe, base):
+    assert pipe.tasks == list(PAPER_TASKS) and "semantic_nyud" in task_names()
+    nyud = _fresh(base, tasks=["depth", "semantic_nyud"])
+    assert nyud.tasks == ["depth", "semantic_nyud"]
+    assert nyud.task_embeddings.prompts["semantic_nyud"] == "indoor semantic segmentation"
+    out = nyud(_frames(2), tasks=["semantic_nyud"], batch_size=2, output_type="pt")
+    ids = out.semantic_nyud
+    assert ids.shape == (2, 1, 37, 45) and ids.dtype == torch.int64
+    assert 0 <= ids.min() and ids.max() <= 12
+    assert nyud.image_processor.visualize("semantic_nyud", ids)[0].size == (45, 37)
 
 
 def test_predictor_contract(pipe):

@@ -2,10 +2,19 @@ import pytest
 import torch
 from PIL import Image
 
-from stablemtl.tasks import Task, check_tasks, get_task, register_task, task_names, unregister_task
+from stablemtl.tasks import (
+    PAPER_TASKS,
+    Task,
+    check_tasks,
+    get_task,
+    register_task,
+    task_names,
+    unregister_task,
+)
 from stablemtl.tasks.base import batched, batched_image3, to_pil_rgb, unbatch
 
-BUILTIN = ["albedo", "shading", "depth", "normal", "semantic", "optical_flow", "scene_flow"]
+PAPER = ["albedo", "shading", "depth", "normal", "semantic", "optical_flow", "scene_flow"]
+BUILTIN = [*PAPER, "semantic_nyud"]  # the paper's seven, then NYUD-v2's 13-class semantics
 
 
 class EdgesTask(Task):
@@ -42,8 +51,8 @@ def edges():
 
 
 def test_builtin_tasks_are_registered_in_order():
-    assert task_names() == BUILTIN
-    for name in BUILTIN:
+    assert task_names() == BUILTIN and list(PAPER_TASKS) == PAPER
+    for name in PAPER:
         task = get_task(name)
         assert task.name == name and task.prompt == name.replace("_", " ")
         assert task.needs_pair == (name in ("optical_flow", "scene_flow"))

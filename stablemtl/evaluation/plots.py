@@ -61,7 +61,7 @@ def prediction_grid(visual: VisualSample, path: str | os.PathLike, tasks: Sequen
             if pred is None:
                 _note(axes[r, c], f"{model}: not predicted")
                 continue
-            if task_name == "semantic" and pred.shape[0] > 1:  # class scores, as the metric accepts them
+            if get_task(task_name).is_discrete and pred.shape[0] > 1:  # class scores, as metrics accept them
                 pred = pred.argmax(dim=0, keepdim=True)
             axes[r, c].imshow(get_task(task_name).visualize(pred.cpu()))
             axes[r, c].set_title(f"{model}", fontsize=8)

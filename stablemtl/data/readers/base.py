@@ -292,7 +292,8 @@ def add_label(sample: dict, task: str, label, valid) -> None:
     """Attach ``label`` (``(C, H, W)``; numpy or torch) and ``valid`` (``(H, W)``) for ``task``; pixels with
     a non-finite label value are invalid."""
     label = torch.as_tensor(label)
-    label = label.long() if task == "semantic" else label.float()
+    # The task's own label dtype (int64 class ids for every discrete task, not only "semantic").
+    label = label.to(get_task(task).label_dtype)
     valid = torch.as_tensor(valid).bool()
     channels = get_task(task).label_channels
     height, width = sample["image"].shape[-2:]

@@ -1,16 +1,18 @@
 """NYUD-v2 in the multi-task layout of MTAN / MTL-PSL (the data of the HiTT and MTL-PSL papers):
 ``<root>/<part>/image/<i>.npy`` (``(288, 384, 3)``, [0, 1] floats or uint8), ``label/<i>.npy`` (13-class
-ids, -1 = unlabelled), ``depth/<i>.npy`` (metres, 0 = invalid), ``normal/<i>.npy`` (unit vectors, all-zero
-= invalid), with ``<part>`` = train (795 images) or val (654).
+ids 0..12, -1 = unlabelled), ``depth/<i>.npy`` (metres, 0 = invalid), ``normal/<i>.npy`` (unit vectors,
+all-zero = invalid), with ``<part>`` = train (795 images) or val (654).
 
 Partially labelled training (``protocol``): ``"one-label"`` keeps exactly one task per image, balanced
 (265 images each); ``"random-labels"`` keeps ``k ~ U{1, 2}`` tasks per image, a random subset. The draw is
 made once per image from ``label_seed`` (numpy's default_rng), so it never changes between epochs or
 runs; ``label_file`` instead loads a fixed assignment: an ``(N, 3)`` 0/1 array (.npy, or the MTL-PSL
-``onelabel.pth`` / ``randomlabels.pth`` dict with ``labels_weights``) in the task order semantic, depth,
+``onelabel.pth`` / ``randomlabels.pth`` dict with ``labels_weights``) in the task order semantics, depth,
 normal. ``"full"`` (default) labels every task (the test protocol). Unlabelled tasks are absent from the
 Sample, and ``rows_with_task`` lists the images labelling a task, so the sampler never draws an image for
-a task it does not label. Normals are kept in the stored axes; semantic ids need a 13-class semantic task.
+a task it does not label. Normals are kept in the stored axes. The semantic ids are labelled
+``"semantic_nyud"``, the 13-class task of ``stablemtl.tasks.semantic_nyud`` (the built-in ``"semantic"``
+has the 8 Cityscapes classes).
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ from stablemtl.data.augment import Augmentation
 from stablemtl.data.label_protocols import draw_labels
 from stablemtl.data.readers.base import Entry, Reader, add_label, check_shape, new_sample
 from stablemtl.data.readers.formats import read_npy
-from stablemtl.tasks import IGNORE_INDEX
+from stablemtl.tasks import IGNORE_INDEX, get_task
 
 logger = logging.getLogger(__name__)
 
-TASK_ORDER = ("semantic", "depth", "normal")  # the column order of the MTL-PSL label files
-NUM_CLASSES = 13
+TASK_ORDER = ("semantic_nyud", "depth", "normal")  # the column order of the MTL-PSL label files
+NUM_CLASSES = len(get_task("semantic_nyud").class_names)  # 13
 
 
 def load_label_file(path: Path, num_images: int) -> np.ndarray:
@@ -51,7 +53,7 @@ def load_label_file(path: Path, num_images: int) -> np.ndarray:
 
 
 class NyudReader(Reader):
-    """NYUD-v2 (MTL layout) images labelling semantic (13 classes), depth (m) and normal, at 288x384."""
+    """NYUD-v2 (MTL layout) images labelling semantic_nyud (13 classes), depth (m) and normal, at 288x384."""
 
     name = "nyud"
     available_tasks = TASK_ORDER
@@ -98,7 +100,7 @@ class NyudReader(Reader):
         return self.root / self.part / kind / f"{entry['id']}.npy"
 
     def files(self, entry: Entry, tasks: Sequence[str]) -> list[Path]:
-        kinds = {"semantic": "label", "depth": "depth", "normal": "normal"}
+        kinds = {"semantic_nyud": "label", "depth": "depth", "normal": "normal"}
         return [self._file(entry, "image")] + [self._file(entry, kinds[t]) for t in tasks]
 
     def tasks_of(self, index: int) -> list[str]:
@@ -115,13 +117,13 @@ class NyudReader(Reader):
             torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().clamp(0, 1)
         )
         h, w = image.shape[:2]
-        if "semantic" in tasks:
+        if "semantic_nyud" in tasks:
             label = read_npy(self._file(entry, "label"), "(H, W) class ids")
             check_shape(label, (h, w), str(self._file(entry, "label")))
             if np.any((label != -1) & ((label < 0) | (label >= NUM_CLASSES) | (label != np.round(label)))):
                 raise ValueError(f"{self._file(entry, 'label')}: ids must be -1 or 0..{NUM_CLASSES - 1}")
             ids = np.where(label < 0, IGNORE_INDEX, label).astype(np.int64)
-            add_label(sample, "semantic", ids[None], ids != IGNORE_INDEX)
+            add_label(sample, "semantic_nyud", ids[None], ids != IGNORE_INDEX)
         if "depth" in tasks:
             depth = read_npy(self._file(entry, "depth"), "(H, W[, 1]) depth").astype(np.float32)
             depth = depth[..., 0] if depth.ndim == 3 else depth

@@ -1,10 +1,10 @@
 """What HiTT needs to know about each task, as plain config: class counts, bins, output ranges, thresholds.
 
 The models layer does not import the task registry; a task arrives as a name plus a ``HeadSpec`` (a JSON
-dict in the saved ``config.json``). ``DEFAULT_HEADS`` holds the seven built-in tasks in their decode spaces
-(see ``stablemtl.tasks``): class ids for semantic, affine-invariant depth and shading in [0, 1], unit
-normals, albedo in [0, 1], flows per-axis normalised in [-1, 1]. The training objective checks them against
-the registry.
+dict in the saved ``config.json``). ``DEFAULT_HEADS`` holds the built-in tasks in their decode spaces
+(see ``stablemtl.tasks``): class ids for semantic (8 Cityscapes classes) and semantic_nyud (NYUD-v2's 13,
+the HiTT paper's benchmark), affine-invariant depth and shading in [0, 1], unit normals, albedo in [0, 1],
+flows per-axis normalised in [-1, 1]. The training objective checks them against the registry.
 
 Quantisation (HiTT paper §A.3): depth uses 30 log bins and normals 20 centres as on NYUD-v2 (the released
 code uses 40 normal centres); the other regression tasks of this toolkit are quantised the same way
@@ -83,6 +83,7 @@ class HeadSpec:
 
 DEFAULT_HEADS: dict[str, HeadSpec] = {
     "semantic": HeadSpec("classification", num_bins=8, tau=0.9),
+    "semantic_nyud": HeadSpec("classification", num_bins=13, tau=0.9),
     "depth": HeadSpec("regression", num_bins=30, init="log", tau=0.45),
     "normal": HeadSpec(
         "regression",
