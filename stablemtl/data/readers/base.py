@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset as TorchDataset
 
 from stablemtl.data.augment import Augmentation, augment_sample
+from stablemtl.data.readers.formats import read_rgb
+from stablemtl.data.readers.geometry import albedo_valid, luminance
 from stablemtl.tasks import check_tasks, get_task
 
 logger = logging.getLogger(__name__)
@@ -307,6 +309,23 @@ def add_label(sample: dict, task: str, label, valid) -> None:
         valid = valid & finite
         label = torch.where(finite[None], label, torch.zeros(()))
     sample["labels"][task], sample["valid"][task] = label, valid
+
+
+def add_intrinsic_labels(sample: dict, albedo_file, shading_file, tasks: Sequence[str]) -> None:
+    """Add albedo (RGB in [0, 1]) and shading (the luminance of an RGB shading image) from their files,
+    as ``tasks`` ask; both are valid where every albedo channel is >= 0.004 (the official mask)."""
+    if "albedo" not in tasks and "shading" not in tasks:
+        return
+    h, w = sample["image"].shape[-2:]
+    albedo = read_rgb(albedo_file).permute(1, 2, 0).numpy()
+    check_shape(albedo, (h, w, 3), str(albedo_file))
+    valid = albedo_valid(albedo)
+    if "albedo" in tasks:
+        add_label(sample, "albedo", albedo.transpose(2, 0, 1), valid)
+    if "shading" in tasks:
+        shading = luminance(read_rgb(shading_file).permute(1, 2, 0).numpy())
+        check_shape(shading, (h, w), str(shading_file))
+        add_label(sample, "shading", shading[None], valid)
 
 
 def check_shape(array, shape: tuple, what: str) -> None:

@@ -19,9 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from stablemtl.data.augment import Augmentation
-from stablemtl.data.readers.base import Entry, Reader, add_label, check_shape, new_sample
+from stablemtl.data.readers.base import (
+    Entry,
+    Reader,
+    add_intrinsic_labels,
+    add_label,
+    check_shape,
+    new_sample,
+)
 from stablemtl.data.readers.formats import read_npy, read_png16, read_rgb
-from stablemtl.data.readers.geometry import albedo_valid, luminance
 
 MIN_DEPTH, MAX_DEPTH = 1e-5, 65.0  # metres; 0 marks pixels without geometry
 _RGB = re.compile(r"rgb_(cam_\d+_fr\d+)\.png$")
@@ -73,14 +79,5 @@ class HypersimReader(Reader):
             check_shape(normal, (h, w, 3), str(entry["normal"]))
             check_shape(mask, (h, w), str(entry["normal_mask"]))
             add_label(sample, "normal", normal.transpose(2, 0, 1), mask.astype(bool))
-        if "albedo" in tasks or "shading" in tasks:
-            albedo = read_rgb(entry["albedo"]).permute(1, 2, 0).numpy()
-            check_shape(albedo, (h, w, 3), str(entry["albedo"]))
-            valid = albedo_valid(albedo)
-            if "albedo" in tasks:
-                add_label(sample, "albedo", albedo.transpose(2, 0, 1), valid)
-            if "shading" in tasks:
-                shading = luminance(read_rgb(entry["shading"]).permute(1, 2, 0).numpy())
-                check_shape(shading, (h, w), str(entry["shading"]))
-                add_label(sample, "shading", shading[None], valid)
+        add_intrinsic_labels(sample, entry["albedo"], entry["shading"], tasks)
         return sample

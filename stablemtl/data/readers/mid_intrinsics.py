@@ -13,9 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stablemtl.data.augment import Augmentation
-from stablemtl.data.readers.base import Entry, Reader, add_label, check_shape, new_sample
+from stablemtl.data.readers.base import (
+    Entry,
+    Reader,
+    add_intrinsic_labels,
+    new_sample,
+)
 from stablemtl.data.readers.formats import read_rgb
-from stablemtl.data.readers.geometry import albedo_valid, luminance
 
 
 class MidIntrinsicsReader(Reader):
@@ -43,14 +47,5 @@ class MidIntrinsicsReader(Reader):
 
     def load(self, entry: Entry, tasks: Sequence[str]) -> dict:
         sample = new_sample(read_rgb(entry["image"]))
-        h, w = sample["image"].shape[-2:]
-        albedo = read_rgb(entry["albedo"]).permute(1, 2, 0).numpy()
-        check_shape(albedo, (h, w, 3), str(entry["albedo"]))
-        valid = albedo_valid(albedo)
-        if "albedo" in tasks:
-            add_label(sample, "albedo", albedo.transpose(2, 0, 1), valid)
-        if "shading" in tasks:
-            shading = luminance(read_rgb(entry["shading"]).permute(1, 2, 0).numpy())
-            check_shape(shading, (h, w), str(entry["shading"]))
-            add_label(sample, "shading", shading[None], valid)
+        add_intrinsic_labels(sample, entry["albedo"], entry["shading"], tasks)
         return sample
