@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +27,12 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DCon
 from diffusers.utils import BaseOutput, logging
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from stablemtl.hub import make_model_card, push_folder_to_hub
 from stablemtl.models.conv_in import widen_conv_in
 from stablemtl.models.latent_step import LatentStep, LatentStepSettings
 from stablemtl.models.task_tokens import TASK_EMBEDDINGS_NAME, TaskEmbeddings
-from stablemtl.pipelines.folder_io import check_save_directory, staged_save
 from stablemtl.pipelines.image_processor import RESAMPLE_METHODS, ImageInput, StableMTLImageProcessor
-from stablemtl.pipelines.lora_loading import LORA_WEIGHT_NAME, StableMTLLoraLoaderMixin
+from stablemtl.pipelines.lora_loading import StableMTLLoraLoaderMixin
+from stablemtl.pipelines.pipeline_folder import StableMTLFolderMixin, component_folder, is_hub_snapshot
 from stablemtl.tasks import PAPER_TASKS, check_tasks, get_task
 
 logger = logging.get_logger(__name__)
@@ -84,7 +81,7 @@ class StableMTLOutput(BaseOutput):
         return dict(self.items())
 
 
-class StableMTLPipeline(DiffusionPipeline, StableMTLLoraLoaderMixin):
+class StableMTLPipeline(StableMTLFolderMixin, DiffusionPipeline, StableMTLLoraLoaderMixin):
     """Multi-task dense prediction with a Stable Diffusion UNet in one deterministic step.
 
     Args:
@@ -205,10 +202,10 @@ class StableMTLPipeline(DiffusionPipeline, StableMTLLoraLoaderMixin):
         """
         if self._task_embeddings is not None or not self.name_or_path:
             return self._task_embeddings
-        snapshot = _component_folder(self.unet)
+        snapshot = component_folder(self.unet)
         if snapshot is not None and (snapshot / TASK_EMBEDDINGS_NAME).is_file():
             self._task_embeddings = TaskEmbeddings.load(snapshot)
-        elif snapshot is not None and _is_hub_snapshot(snapshot) and not Path(self.name_or_path).is_dir():
+        elif snapshot is not None and is_hub_snapshot(snapshot) and not Path(self.name_or_path).is_dir():
             # <cache_dir>/models--owner--name/snapshots/<commit>: ask for that commit in that cache.
             hub_kwargs = {"cache_dir": snapshot.parents[2], "revision": snapshot.name, **self._hub_kwargs}
             self._task_embeddings = TaskEmbeddings.load(self.name_or_path, **hub_kwargs)
@@ -524,7 +521,7 @@ class StableMTLPipeline(DiffusionPipeline, StableMTLLoraLoaderMixin):
         )
         return resized.to(prediction.dtype)
 
-    # -- construction and persistence -----------------------------------------------------------------------
+    # -- construction (persistence: pipeline_folder.StableMTLFolderMixin) -----------------------------------
     @classmethod
     def from_base(
         cls,
@@ -570,102 +567,9 @@ class StableMTLPipeline(DiffusionPipeline, StableMTLLoraLoaderMixin):
         )
 
     @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
-    ) -> StableMTLPipeline:
-        """Load a saved pipeline (folder or Hub id) with its task tokens (``task_embeddings.safetensors``).
-
-        A local folder written by a LoRA run (the base plus ``pytorch_lora_weights.safetensors``) loads
-        with its adapters, so it predicts as it was trained; ``unload_lora_weights()`` gives the base."""
-        hub_kwargs = {
-            k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs
-        }
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        pipe._hub_kwargs = hub_kwargs
-        pipe._loaded_task_embeddings()  # now, so that a missing file fails at load time
-        adapters = Path(pretrained_model_name_or_path) / LORA_WEIGHT_NAME
-        if adapters.is_file():
-            pipe.load_lora_weights(str(adapters.parent))
-        return pipe
-
-    def save_pretrained(
-        self,
-        save_directory: str | os.PathLike,
-        safe_serialization: bool = True,
-        variant: str | None = None,
-        push_to_hub: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        """Write the pipeline into ``save_directory``: diffusers components (safetensors),
-        ``model_index.json``, the task tokens, this pipeline's source file (for ``custom_pipeline``) and a
-        model card (README.md). With ``push_to_hub``, upload it to ``repo_id`` (default: the folder name).
-
-        As diffusers does, this writes into the folder: other files in it (checkpoints, notes) are kept. Each
-        file is replaced atomically and ``model_index.json`` comes last, so an interrupted save never looks
-        complete (see ``folder_io``). ``safe_serialization=False`` is accepted for compatibility with
-        diffusers code but ignored with a warning: stablemtl writes safetensors only (pickles run code on
-        load). ``ValueError`` when ``save_directory`` is an existing file (checked before any write)."""
-        if not safe_serialization:
-            logger.warning(
-                "safe_serialization=False ignored: stablemtl writes safetensors only (pickled weights can "
-                "run code when loaded)"
-            )
-        save_directory = check_save_directory(save_directory)
-        hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "token", "private", "commit_message", "create_pr")
-                      if k in kwargs}  # fmt: skip
-        embeddings = self._require_task_embeddings()
-        with staged_save(save_directory) as tmp:
-            super().save_pretrained(tmp, safe_serialization=True, variant=variant, **kwargs)
-            embeddings.save(tmp)
-            for source in self._source_files():
-                shutil.copyfile(source, tmp / source.name)
-            card = make_model_card(
-                self.tasks,
-                embeddings.prompts,
-                self.config.training_info,
-                repo_id=hub_kwargs.get("repo_id"),
-                pipeline_class=type(self).__name__,
-            )
-            card.save(tmp / "README.md")
-        if push_to_hub:
-            repo_id = hub_kwargs.pop("repo_id", save_directory.name)
-            push_folder_to_hub(save_directory, repo_id, **hub_kwargs)
-
-    @classmethod
     def _source_files(cls) -> list[Path]:
         """Python files copied into a saved folder so that diffusers loads it as a custom pipeline."""
         return [Path(__file__).with_name(PIPELINE_FILE)]
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        commit_message: str | None = None,
-        private: bool | None = None,
-        token: str | None = None,
-        create_pr: bool = False,
-        variant: str | None = None,
-        **kwargs: Any,
-    ) -> str:
-        """Save to a temporary folder (with the generated model card) and upload it to ``repo_id``."""
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp) / "pipeline"
-            self.save_pretrained(folder, variant=variant, repo_id=repo_id)
-            return push_folder_to_hub(folder, repo_id, token, private, commit_message, create_pr)
-
-
-def _component_folder(model: torch.nn.Module) -> Path | None:
-    """The pipeline folder a component was loaded from (diffusers records ``<folder>/<component>`` as the
-    model's ``_name_or_path``), None for a component built in memory."""
-    source = getattr(getattr(model, "config", None), "_name_or_path", None)
-    if not source or not Path(str(source)).is_dir():
-        return None
-    folder = Path(str(source)).absolute().parent
-    return folder if (folder / "model_index.json").is_file() else None
-
-
-def _is_hub_snapshot(folder: Path) -> bool:
-    """Whether ``folder`` is ``<cache_dir>/models--owner--name/snapshots/<commit>`` of huggingface_hub."""
-    return folder.parent.name == "snapshots" and folder.parents[1].name.startswith("models--")
 
 
 def _input_dtype(model: torch.nn.Module, first_layer: str) -> torch.dtype:
