@@ -173,9 +173,7 @@ def test_pipeline_batched_tasks_save_load_fuse_and_unload(base, tmp_path):
     first = pipe.latent_step.encode(_image() * 2 - 1)
     condition, mask = pipe.task_embeddings.batch(TASKS)
     pairs = torch.zeros(len(TASKS), dtype=torch.bool)
-    together = pipe.predict_latents(first, first, condition, mask, pairs, tasks=TASKS).unflatten(
-        0, (2, 3)
-    )
+    together = pipe.predict_latents(first, first, condition, mask, pairs, tasks=TASKS).unflatten(0, (2, 3))
     for index, task in enumerate(TASKS):
         c, m = pipe.task_embeddings.batch([task])
         own = pipe.predict_latents(first, first, c, m, pairs[:1], tasks=[task])

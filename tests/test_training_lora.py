@@ -10,9 +10,7 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
-from stablemtl.data import make_dataset
 from stablemtl.pipelines import StableMTLPipeline
-from stablemtl.testing import make_tiny_sd_folder
 from stablemtl.training import load_config
 from stablemtl.training.loop import train
 from stablemtl.training.objectives.lora import LoRATrainConfig, lora_objective_factory
@@ -20,29 +18,13 @@ from stablemtl.training.objectives.lora import LoRATrainConfig, lora_objective_f
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory) -> dict:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("lora")
-    base = make_tiny_sd_folder(root / "tiny-sd")
-    data = make_dataset("street", 4, root / "street", size=32, seed=1)
-    yield {"base": base, "data": data}
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-def _config(assets, output_dir: Path, **overrides):
+def _config(street_assets, output_dir: Path, **overrides):
     settings = {
-        "pretrained_model_name_or_path": str(assets["base"]),
-        "train_data": [str(assets["data"])],
+        "pretrained_model_name_or_path": str(street_assets["base"]),
+        "train_data": [str(street_assets["data"])],
         "output_dir": str(output_dir),
         "tasks": ["depth", "normal"],
         "train_batch_size": 2,
@@ -58,7 +40,7 @@ def _config(assets, output_dir: Path, **overrides):
     return load_config(None, **settings)
 
 
-def test_lora_training_moves_only_adapters_and_reloads_as_trained(assets, tmp_path):
+def test_lora_training_moves_only_adapters_and_reloads_as_trained(street_assets, tmp_path):
     snapshots: list[dict[str, torch.Tensor]] = []
 
     def audit(step, groups, stepped, modules):
@@ -66,7 +48,9 @@ def test_lora_training_moves_only_adapters_and_reloads_as_trained(assets, tmp_pa
         snapshots.append({n: p.detach().clone() for n, p in unet.named_parameters()})
 
     lora_config = LoRATrainConfig(lora_rank=4, lora_task_rank=2)
-    output = train(_config(assets, tmp_path), lora_objective_factory(lora_config), on_micro_batch=audit)
+    output = train(
+        _config(street_assets, tmp_path), lora_objective_factory(lora_config), on_micro_batch=audit
+    )
     first, last = snapshots[0], snapshots[-1]
     changed = {n for n in first if not torch.equal(first[n], last[n])}
     assert changed, "nothing trained"
@@ -92,13 +76,14 @@ def test_lora_training_moves_only_adapters_and_reloads_as_trained(assets, tmp_pa
     torch.testing.assert_close(again["depth"], adapted["depth"])
 
 
-def test_the_script_trains_fully_without_lora_rank_and_checks_the_flags(assets, tmp_path):
+def test_the_script_trains_fully_without_lora_rank_and_checks_the_flags(street_assets, tmp_path):
     spec = importlib.util.spec_from_file_location(
         "train_stablemtl", ROOT / "train_scripts" / "train_stablemtl.py"
     )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    common = ["--pretrained_model_name_or_path", str(assets["base"]), "--train_data", str(assets["data"]),
+    base, data = str(street_assets["base"]), str(street_assets["data"])
+    common = ["--pretrained_model_name_or_path", base, "--train_data", data,
               "--tasks", "depth", "--max_train_steps", "1", "--checkpointing_steps", "1",
               "--validation_steps", "100", "--report_to", "none", "--train_batch_size", "2"]  # fmt: skip
     output = script.main([*common, "--output_dir", str(tmp_path / "full")])
@@ -113,18 +98,18 @@ def test_the_script_trains_fully_without_lora_rank_and_checks_the_flags(assets, 
         script.main([*common, "--output_dir", str(tmp_path / "bad2"), "--lora_task_rank", "2"])
 
 
-def test_a_resumed_lora_run_ends_with_the_adapters_of_an_uninterrupted_one(assets, tmp_path):
+def test_a_resumed_lora_run_ends_with_the_adapters_of_an_uninterrupted_one(street_assets, tmp_path):
     factory = lora_objective_factory(LoRATrainConfig(lora_rank=2, lora_task_rank=2))
     # lr_total_steps: the 2-step run must follow the 4-step run's schedule, as an interrupted run would.
     settings = {"max_train_steps": 4, "lr_total_steps": 4, "checkpointing_steps": 2, "validation_steps": 100}
-    straight = train(_config(assets, tmp_path / "straight", **settings), factory)
+    straight = train(_config(street_assets, tmp_path / "straight", **settings), factory)
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    train(_config(assets, tmp_path / "resumed", **{**settings, "max_train_steps": 2}), factory)
+    train(_config(street_assets, tmp_path / "resumed", **{**settings, "max_train_steps": 2}), factory)
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     resumed = train(
-        _config(assets, tmp_path / "resumed", **settings, resume_from_checkpoint="latest"), factory
+        _config(street_assets, tmp_path / "resumed", **settings, resume_from_checkpoint="latest"), factory
     )
     a = load_file(str(straight / "pytorch_lora_weights.safetensors"))
     b = load_file(str(resumed / "pytorch_lora_weights.safetensors"))

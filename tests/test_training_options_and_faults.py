@@ -13,35 +13,16 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
-from stablemtl.data import make_dataset
-from stablemtl.testing import make_tiny_sd_folder
 from stablemtl.training import load_config, train
 from stablemtl.training.loop import NonFiniteTrainingError
 
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory) -> dict:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("faults")
-    base = make_tiny_sd_folder(root / "tiny-sd")
-    data = make_dataset("street", 4, root / "street", size=32, seed=1)
-    yield {"base": base, "data": data}
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-def _config(assets, output_dir: Path, **overrides):
+def _config(street_assets, output_dir: Path, **overrides):
     settings = {
-        "pretrained_model_name_or_path": str(assets["base"]),
-        "train_data": [str(assets["data"])],
+        "pretrained_model_name_or_path": str(street_assets["base"]),
+        "train_data": [str(street_assets["data"])],
         "output_dir": str(output_dir),
         "tasks": ["depth"],
         "train_batch_size": 2,
@@ -57,21 +38,21 @@ def _config(assets, output_dir: Path, **overrides):
     return load_config(None, **settings)
 
 
-def test_a_used_output_dir_is_refused_unless_resumed_or_overwritten(assets, tmp_path):
-    train(_config(assets, tmp_path))
+def test_a_used_output_dir_is_refused_unless_resumed_or_overwritten(street_assets, tmp_path):
+    train(_config(street_assets, tmp_path))
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match=r"already holds checkpoints.*checkpoint-1, checkpoint-2"):
-        train(_config(assets, tmp_path))
+        train(_config(street_assets, tmp_path))
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    train(_config(assets, tmp_path, max_train_steps=1, overwrite_output_dir=True))
+    train(_config(street_assets, tmp_path, max_train_steps=1, overwrite_output_dir=True))
     # The old run's checkpoint-2 is gone (it would be "latest"), the user's file stays.
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-def test_a_diverged_run_stops_naming_the_step_and_saves_nothing_non_finite(assets, tmp_path):
-    config = _config(assets, tmp_path, learning_rate=1e12, max_train_steps=6, max_grad_norm=1e12)
+def test_a_diverged_run_stops_naming_the_step_and_saves_nothing_non_finite(street_assets, tmp_path):
+    config = _config(street_assets, tmp_path, learning_rate=1e12, max_train_steps=6, max_grad_norm=1e12)
     with pytest.raises(NonFiniteTrainingError, match=r"step \d+ \(task depth\).*checkpoint"):
         train(config)
     assert not (tmp_path / "model_index.json").exists()
@@ -80,29 +61,29 @@ def test_a_diverged_run_stops_naming_the_step_and_saves_nothing_non_finite(asset
         assert all(torch.isfinite(t).all() for t in weights.values()), checkpoint
 
 
-def test_a_truncated_checkpoint_names_the_file_and_the_previous_checkpoint(assets, tmp_path):
-    train(_config(assets, tmp_path))
+def test_a_truncated_checkpoint_names_the_file_and_the_previous_checkpoint(street_assets, tmp_path):
+    train(_config(street_assets, tmp_path))
     model = tmp_path / "checkpoint-2" / "model.safetensors"
     model.write_bytes(model.read_bytes()[:1000])
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     with pytest.raises(ValueError, match=r"checkpoint-2.*--resume_from_checkpoint checkpoint-1"):
-        train(_config(assets, tmp_path, max_train_steps=3, resume_from_checkpoint="latest"))
+        train(_config(street_assets, tmp_path, max_train_steps=3, resume_from_checkpoint="latest"))
 
 
-def test_unloadable_rng_states_fail_the_resume_unless_allowed(assets, tmp_path, caplog):
-    train(_config(assets, tmp_path))
+def test_unloadable_rng_states_fail_the_resume_unless_allowed(street_assets, tmp_path, caplog):
+    train(_config(street_assets, tmp_path))
     (tmp_path / "checkpoint-2" / "random_states_0.pkl").write_bytes(b"not a pickle")
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     with pytest.raises(ValueError, match=r"RNG states.*--allow_inexact_resume"):
-        train(_config(assets, tmp_path, max_train_steps=3, resume_from_checkpoint="latest"))
+        train(_config(street_assets, tmp_path, max_train_steps=3, resume_from_checkpoint="latest"))
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     with caplog.at_level(logging.WARNING):
         train(
             _config(
-                assets,
+                street_assets,
                 tmp_path,
                 max_train_steps=3,
                 resume_from_checkpoint="latest",
@@ -113,7 +94,7 @@ def test_unloadable_rng_states_fail_the_resume_unless_allowed(assets, tmp_path, 
     assert (tmp_path / "checkpoint-3").is_dir()
 
 
-def test_a_task_without_valid_labels_is_warned_about(assets, tmp_path, caplog, monkeypatch):
+def test_a_task_without_valid_labels_is_warned_about(street_assets, tmp_path, caplog, monkeypatch):
     from stablemtl.training import data as training_data
 
     collate = training_data.collate_groups
@@ -126,7 +107,7 @@ def test_a_task_without_valid_labels_is_warned_about(assets, tmp_path, caplog, m
 
     monkeypatch.setattr(training_data, "collate_groups", no_valid_pixels)
     with caplog.at_level(logging.WARNING):
-        train(_config(assets, tmp_path, max_train_steps=1))
+        train(_config(street_assets, tmp_path, max_train_steps=1))
     assert "1 micro-batch(es) of task depth" in caplog.text and "no valid label pixel" in caplog.text
 
 
@@ -140,12 +121,12 @@ def test_a_task_without_valid_labels_is_warned_about(assets, tmp_path, caplog, m
         ({"resolution": 30}, "resolution"),
     ],
 )
-def test_bad_settings_are_refused_by_name(assets, tmp_path, overrides, message):
+def test_bad_settings_are_refused_by_name(street_assets, tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
-        _config(assets, tmp_path, **overrides)
+        _config(street_assets, tmp_path, **overrides)
 
 
-def test_the_saved_pipeline_records_the_training_settings_and_resolution(assets, tmp_path):
+def test_the_saved_pipeline_records_the_training_settings_and_resolution(street_assets, tmp_path):
     from stablemtl import StableMTLPipeline
 
     seen = []
@@ -153,7 +134,7 @@ def test_the_saved_pipeline_records_the_training_settings_and_resolution(assets,
     def hook(step, groups, sync, modules):
         seen.append(tuple(groups[0]["image"].shape[-2:]))
 
-    train(_config(assets, tmp_path, input_noise="random", resolution=16, lr_scheduler="cosine"), hook)
+    train(_config(street_assets, tmp_path, input_noise="random", resolution=16, lr_scheduler="cosine"), hook)
     pipe = StableMTLPipeline.from_pretrained(tmp_path)
     assert pipe.config.input_noise == "random" and pipe.config.default_processing_resolution == 16
     assert set(seen) == {(16, 16)}  # 32 px renders cropped to the training resolution
@@ -161,7 +142,7 @@ def test_the_saved_pipeline_records_the_training_settings_and_resolution(assets,
     assert info["lr_scheduler"] == "cosine" and info["seed"] == 0 and info["resolution"] == 16
 
 
-def test_mixed_precision_defers_to_accelerate_unless_given(assets, tmp_path, monkeypatch):
+def test_mixed_precision_defers_to_accelerate_unless_given(street_assets, tmp_path, monkeypatch):
     seen = {}
 
     def hook(step, groups, sync, modules):
@@ -171,19 +152,19 @@ def test_mixed_precision_defers_to_accelerate_unless_given(assets, tmp_path, mon
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch` sets
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # bf16 on CPU: see test_training
-    train(_config(assets, tmp_path / "a", max_train_steps=1), hook)
+    train(_config(street_assets, tmp_path / "a", max_train_steps=1), hook)
     assert seen["precision"] == "bf16"
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    train(_config(assets, tmp_path / "b", max_train_steps=1, mixed_precision="no"), hook)
+    train(_config(street_assets, tmp_path / "b", max_train_steps=1, mixed_precision="no"), hook)
     assert seen["precision"] == "no"
 
 
-def test_crops_are_random_but_reproducible_per_sample(assets):
+def test_crops_are_random_but_reproducible_per_sample(street_assets):
     from stablemtl.data import load_source
     from stablemtl.training.data import KeyedSources
 
-    source = load_source(assets["data"])
+    source = load_source(street_assets["data"])
     keyed = KeyedSources([source], resolution=16, random_crop=True, seed=3)
     a, b = keyed[("depth", 0, 1, 0)][1], keyed[("depth", 0, 1, 0)][1]
     assert torch.equal(a["image"], b["image"]) and a["image"].shape[-2:] == (16, 16)
