@@ -61,15 +61,20 @@ class StableMTLLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
         self._task_lora = TaskLoRA.install(self.unet, settings)
         return self._task_lora
 
-    def lora_routing(self, tasks: Sequence[str] | None, count: int) -> AbstractContextManager:
-        """Route the next UNet call of ``count`` images x ``tasks`` (image-major, as ``predict_latents``
-        batches them): each sample uses the shared adapter plus its task's. A no-op without task adapters."""
+    def lora_routing(
+        self, tasks: Sequence[str] | None, count: int, task_major: bool = False
+    ) -> AbstractContextManager:
+        """Route the next UNet call of ``count`` images x ``tasks``: each sample uses the shared adapter plus
+        its task's. Rows are image-major (all tasks of image 0, then image 1, as ``predict_latents``
+        batches them) or, with ``task_major``, task-major (the multi-stream main call). A no-op without task
+        adapters."""
         lora = self.task_lora
         if lora is None:
             return nullcontext()
         if tasks is None:
             raise ValueError("tasks= is needed to route the UNet call: task adapters are loaded")
-        return lora.routing(list(tasks) * count)
+        rows = [t for t in tasks for _ in range(count)] if task_major else list(tasks) * count
+        return lora.routing(rows)
 
     # -- files -------------------------------------------------------------------------------------------
     def load_lora_weights(

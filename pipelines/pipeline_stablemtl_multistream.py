@@ -148,9 +148,11 @@ class StableMTLMultiStreamPipeline(pipeline_stablemtl.StableMTLPipeline):
             has_pair = torch.full((count,), use_pair and get_task(task).needs_pair, device=first.device)
             # With one generator per image (a list), image i's inputs draw from generator[i], task by task.
             samples[task] = step.unet_input(first, second, has_pair, generator)  # [B,12,h,w]
-        output = self.multistream(
-            samples, list(tasks), self._require_task_embeddings(), timestep=self.config.timestep
-        )
+        # Task-adaptive LoRA on the main UNet: its rows are task-major (row j*B + b is task j, image b).
+        with self.lora_routing(tasks, count, task_major=True):
+            output = self.multistream(
+                samples, list(tasks), self._require_task_embeddings(), timestep=self.config.timestep
+            )
         latents = torch.stack([output.main[t] for t in tasks], dim=1)  # [B,T,4,h,w]
         return latents.flatten(0, 1)  # [B*T,4,h,w] image-major
 
@@ -173,6 +175,12 @@ class StableMTLMultiStreamPipeline(pipeline_stablemtl.StableMTLPipeline):
         attention new and zero-initialised, so it predicts what the stage-1 pipeline predicts."""
         if not isinstance(stage1, pipeline_stablemtl.StableMTLPipeline):
             stage1 = pipeline_stablemtl.StableMTLPipeline.from_pretrained(stage1, **load_kwargs)
+        if stage1.task_lora is not None:
+            raise ValueError(
+                "the stage-1 model carries task-adaptive LoRA adapters: the auxiliary stream would need a "
+                "different adapter per auxiliary task, which it does not support; train stage 1 fully, "
+                "or put the adapters on the stage-2 main UNet (--lora_rank of the stage-2 script)"
+            )
         embeddings = stage1._require_task_embeddings()
         tasks = list(embeddings.names if tasks is None else tasks)
         missing = [t for t in tasks if t not in embeddings]

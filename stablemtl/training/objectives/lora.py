@@ -10,14 +10,14 @@ plus ``pytorch_lora_weights.safetensors``; ``StableMTLPipeline.from_pretrained(f
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from stablemtl.models.lora import DEFAULT_TARGETS, TASK_LAYER_CHOICES, TaskLoRASettings
+from stablemtl.models.lora import DEFAULT_TARGETS, TASK_LAYER_CHOICES, TaskLoRA, TaskLoRASettings
 from stablemtl.pipelines.pipeline_stablemtl import StableMTLPipeline
 from stablemtl.training.config import TrainConfig
 from stablemtl.training.objectives.single_stream import PreparedBatch, StableMTLObjective, stage1_objective
@@ -109,14 +109,24 @@ class TaskLoRAObjective(StableMTLObjective):
     def save_model(self, modules: Mapping[str, torch.nn.Module], output_dir: Path) -> None:
         """The frozen base pipeline folder plus the adapters (``pytorch_lora_weights.safetensors``)."""
         self.pipe.register_modules(unet=modules["unet"])
-        self.pipe.set_training_info(**self.info)
-        state = self.lora.state_dict()
-        self.pipe.save_lora_weights(output_dir, base_model="this folder's pipeline")
-        # The base folder is saved without peft layers; the adapters go back on so the objective stays usable.
-        self.pipe.unload_lora_weights()
-        super().save_model({"unet": self.pipe.unet}, output_dir)
-        self.lora = self.pipe.install_task_lora(self.lora.settings)
-        self.lora.load_state_dict(state)
+        self.lora = save_with_adapters(
+            self.pipe, output_dir, lambda: super(TaskLoRAObjective, self).save_model(modules, output_dir)
+        )
+
+
+def save_with_adapters(pipe: StableMTLPipeline, output_dir: Path, save_base: Callable[[], None]) -> TaskLoRA:
+    """Write ``pipe``'s task-adaptive adapters (``pytorch_lora_weights.safetensors``) into ``output_dir``,
+    then the base pipeline through ``save_base`` with the adapters taken off (the folder's UNet is the frozen
+    base, ``from_pretrained`` puts the adapters back on). Returns the reinstalled adapters, so that the
+    objective stays usable; the optimizer's parameters are gone with the old ones (call it at the end)."""
+    lora = pipe.task_lora
+    state = lora.state_dict()
+    pipe.save_lora_weights(output_dir, base_model="this folder's pipeline")
+    pipe.unload_lora_weights()
+    save_base()
+    restored = pipe.install_task_lora(lora.settings)
+    restored.load_state_dict(state)
+    return restored
 
 
 def lora_objective_factory(lora_config: LoRATrainConfig):

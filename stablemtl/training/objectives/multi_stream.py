@@ -5,7 +5,8 @@ For a micro-batch of main task ``m`` the stage-1 latent step prepares the UNet i
 the same frame latents with each task's second-frame rule; then one no-grad auxiliary UNet call over the
 auxiliary tasks and one main UNet call (``MultiStreamUNet``) predict the target latent, with the masked
 latent MSE of stage 1. Trainable: the main UNet and the task attention (``train_only_task_attention``:
-the task attention alone); frozen: the auxiliary (stage-1) UNet and the VAE.
+the task attention alone; with task-adaptive LoRA: the main UNet's adapters and the task attention);
+frozen: the auxiliary (stage-1) UNet and the VAE.
 
 Task masking draws come from a generator seeded, per micro-batch, from the run's seed and the micro-batch's
 pixels, so a resumed run masks the same tasks as an uninterrupted one.
@@ -22,12 +23,14 @@ from typing import Any
 import torch
 
 from stablemtl.models.attention_processors import CAPTURE_POINTS
+from stablemtl.models.lora import TaskLoRA
 from stablemtl.models.task_attention import FUSIONS, LAYER_CHOICES
 from stablemtl.models.task_masking import MASKING_MODES, TaskMasking
 from stablemtl.pipelines.pipeline_stablemtl_multistream import StableMTLMultiStreamPipeline
 from stablemtl.tasks import get_task
 from stablemtl.training.config import TrainConfig
 from stablemtl.training.loss import masked_latent_mse
+from stablemtl.training.objectives.lora import LoRATrainConfig, save_with_adapters
 from stablemtl.training.objectives.single_stream import PreparedBatch, StableMTLObjective
 
 
@@ -89,6 +92,9 @@ class MultiStreamObjective(StableMTLObjective):
         if self.config.train_only_task_attention:
             self.model.unet.requires_grad_(False)
         self.model.task_attention.requires_grad_(True)
+        # Task-adaptive LoRA on the main UNet (docs/lora.md), installed by stage2_objective: the adapters
+        # and gates train, the main UNet's own weights stay frozen, the task attention trains fully.
+        self.lora: TaskLoRA | None = pipe.task_lora
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
         # One module: the processors call the task attention from inside the main UNet, so DDP must wrap
@@ -142,6 +148,9 @@ class MultiStreamObjective(StableMTLObjective):
             aux = self.model.aux_tasks_for([main])
             next_latents = self._next_latents(group, batch, aux)
             inputs = self.stream_inputs(batch, aux, next_latents)
+            if self.lora is not None:
+                # Set, not scoped: gradient checkpointing re-runs the main UNet's forward during backward.
+                self.lora.set_routing(main)
             out = model(inputs, [main], self.pipe.task_embeddings, self.pipe.config.timestep, masking)
             predictions.append(out.main[main])
             targets.append(batch.target)
@@ -182,7 +191,8 @@ class MultiStreamObjective(StableMTLObjective):
                 (count,), get_task(name).needs_pair and next_images is not None, device=device
             )
             inputs[name] = self.step.unet_input(first, second, has_pair)
-        out = model(inputs, list(tasks), self.pipe.task_embeddings, self.pipe.config.timestep)
+        with self.pipe.lora_routing(tasks, count, task_major=True):
+            out = model(inputs, list(tasks), self.pipe.task_embeddings, self.pipe.config.timestep)
         return {name: get_task(name).decode(self.step.decode(out.main[name])) for name in tasks}
 
     def save_model(self, modules: Mapping[str, torch.nn.Module], output_dir: Path) -> None:
@@ -195,15 +205,32 @@ class MultiStreamObjective(StableMTLObjective):
             if module.dtype != torch.float32:
                 module.to(dtype=torch.float32)
         self.pipe.set_training_info(**self.info)
-        self.pipe.save_pretrained(output_dir)
+        if self.lora is None:
+            self.pipe.save_pretrained(output_dir)
+        else:  # the folder: the pipeline with the frozen main UNet, plus the main UNet's adapters
+            self.lora = save_with_adapters(
+                self.pipe, output_dir, lambda: self.pipe.save_pretrained(output_dir)
+            )
 
 
 def stage2_objective(
-    tasks: list[str], config: TrainConfig, resolution: int, model_config: MultiStreamConfig
+    tasks: list[str],
+    config: TrainConfig,
+    resolution: int,
+    model_config: MultiStreamConfig,
+    lora_config: LoRATrainConfig | None = None,
 ) -> MultiStreamObjective:
-    """The stage-2 objective of a run: an untrained multi-stream pipeline from ``--stage1_model``."""
+    """The stage-2 objective of a run: an untrained multi-stream pipeline from ``--stage1_model``; with
+    ``lora_config.lora_rank``, task-adaptive LoRA adapters on its main UNet instead of full fine-tuning."""
     if not model_config.stage1_model:
         raise ValueError("--stage1_model is required: the stage-1 pipeline folder or Hub id")
+    lora = lora_config if lora_config is not None and lora_config.enabled else None
+    if lora_config is not None and not lora_config.enabled and lora_config.lora_task_rank is not None:
+        raise ValueError("--lora_task_rank needs --lora_rank")
+    if lora is not None and model_config.train_only_task_attention:
+        raise ValueError(
+            "--lora_rank adapts the main UNet, --train_only_task_attention freezes it: choose one"
+        )
     pipe = StableMTLMultiStreamPipeline.from_stage1(
         model_config.stage1_model,
         tasks=tasks,
@@ -233,4 +260,8 @@ def stage2_objective(
             "train_only_task_attention": model_config.train_only_task_attention,
         },
     }
+    if lora is not None:
+        settings = lora.settings(tasks, config.seed)
+        pipe.install_task_lora(settings)
+        info["lora"] = settings.to_dict()
     return MultiStreamObjective(pipe, model_config, info)
