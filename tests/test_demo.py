@@ -1,5 +1,5 @@
 """The main job (``make demo``) end to end at toy scale on the embedded base: data, stage 1, stage 2,
-both baselines, references, evaluation and the report with its pictures."""
+LoRA, both baselines, references, evaluation and the report with its pictures."""
 
 import json
 
@@ -36,7 +36,8 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, monkeypatch):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     names = {model["name"] for model in metrics["models"]}
     assert {"StableMTL-S", "constant", "single-task depth", "single-task semantic"} <= names
-    assert {"StableMTL", "HiTT", "task prototype"} <= names  # stage 2 and both baselines, same evaluator
+    # LoRA, stage 2 and both baselines, scored by the same evaluator
+    assert {"StableMTL-S LoRA", "StableMTL", "HiTT", "task prototype"} <= names
     stage1 = next(m for m in metrics["models"] if m["name"] == "StableMTL-S")
     assert set(stage1["tasks"]) == {
         "albedo",
@@ -52,3 +53,8 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, monkeypatch):
     # One budget per task: 7 stage-1 steps over 7 tasks give each reference 1 step.
     single = json.loads((tmp_path / "models" / "single_depth" / "model_index.json").read_text())
     assert single["training_info"]["max_train_steps"] == 1
+    lora = tmp_path / "models" / "stablemtl_s_lora"
+    assert (lora / "pytorch_lora_weights.safetensors").is_file()
+    assert json.loads((lora / "model_index.json").read_text())["training_info"]["max_train_steps"] == 7
+    phases = json.loads((tmp_path / "demo.json").read_text())["phase_seconds"]
+    assert {"StableMTL-S", "StableMTL-S LoRA", "references", "evaluation"} <= set(phases)

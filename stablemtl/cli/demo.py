@@ -3,7 +3,8 @@
 1. render small, partially labelled synthetic sources (``indoor``, ``street``, ``flying``), a small
    validation split of each (held-out validation during training) and test splits that carry every
    label; every split is its own random stream, so no scene is in two of them;
-2. train stage 1 (StableMTL-S) on all tasks with task-gradient isolation;
+2. train stage 1 (StableMTL-S) on all tasks with task-gradient isolation, fully and as task-adaptive
+   LoRA adapters on the frozen base (the same steps);
 3. train stage 2 (StableMTL, multi-stream) from it, the task attention only (the demo's budget);
 4. train the two baselines of the literature on the same data: HiTT (both phases) and the
    task-prototype model;
@@ -32,6 +33,7 @@ from stablemtl.cli.demo_training import (
     train_hitt,
     train_prototype,
     train_stage1,
+    train_stage1_lora,
     train_stage2,
 )
 from stablemtl.cli.evaluate import load_predictor
@@ -87,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--prototype_steps", type=int, default=200, help="task-prototype optimizer steps; 0 skips it"
     )
+    parser.add_argument(
+        "--lora_rank", type=int, default=8,
+        help="rank of the shared adapter of a StableMTL-S LoRA run (same steps as stage 1); 0 skips it",
+    )  # fmt: skip
+    parser.add_argument("--lora_task_rank", type=int, default=4, help="rank of each task's LoRA adapter")
+    parser.add_argument(
+        "--lora_learning_rate", type=float, default=1e-3, help="learning rate of the LoRA run's adapters"
+    )
     parser.add_argument("--skip_references", action="store_true", help="train no single-task references")
     parser.add_argument("--seed", type=int, default=0, help="seed of data rendering, training and evaluation")
     return parser
@@ -126,19 +136,31 @@ def main(argv: list[str] | None = None) -> Path:
     torch.manual_seed(args.seed)
     out = Path(args.out)
     start = time.perf_counter()
+    phases: dict[str, float] = {}  # wall-clock seconds per phase, in demo.json (where the budget goes)
+
+    def lap(name: str) -> None:
+        phases[name] = time.perf_counter() - start - sum(phases.values())
 
     train_dirs, validation_dirs, test_dirs = render_sources(out, args)
+    lap("render")
     args.validation_data = validation_dirs  # every run validates on the held-out validation split
     stage1_steps = args.max_train_steps or load_config(demo_config_path(args)).max_train_steps
     models = {"StableMTL-S": train_stage1(args, out, "stablemtl_s", train_dirs, None, stage1_steps)}
+    lap("StableMTL-S")
     stage1 = StableMTLPipeline.from_pretrained(models["StableMTL-S"])
     tasks = stage1.tasks
+    if args.lora_rank:
+        models["StableMTL-S LoRA"] = train_stage1_lora(args, out, train_dirs, stage1_steps)
+        lap("StableMTL-S LoRA")
     if args.stage2_steps:
         models["StableMTL"] = train_stage2(args, out, models["StableMTL-S"], train_dirs, args.stage2_steps)
+        lap("StableMTL")
     if args.hitt_steps:
         models["HiTT"] = train_hitt(args, out, train_dirs, args.hitt_steps)
+        lap("HiTT")
     if args.prototype_steps:
         models["task prototype"] = train_prototype(args, out, train_dirs, args.prototype_steps)
+        lap("task prototype")
     # Interleave the test sources so that the first prediction grids show each of them.
     test_sources = [list(load_source(d, augment=False)) for d in test_dirs]
     test_samples = [s for group in itertools.zip_longest(*test_sources) for s in group if s is not None]
@@ -155,6 +177,7 @@ def main(argv: list[str] | None = None) -> Path:
                 ).reports[f"single-task {task}"]
             )
     reference = build_reference(single_reports) if single_reports else None
+    lap("references")
 
     train_samples = [s for d in train_dirs for s in load_source(d, augment=False)]
     predictors = {name: load_predictor(str(folder)) for name, folder in models.items()}
@@ -163,12 +186,14 @@ def main(argv: list[str] | None = None) -> Path:
     evaluation = evaluate_models(predictors, test_samples, tasks, num_visuals=4, seed=args.seed)
     reports = {**evaluation.reports, **{r["name"]: r for r in single_reports}}
     write_report(out, reports, reference, evaluation.visuals, title="stablemtl demo")
+    lap("evaluation")
     atomic_write_text(
         out / "demo.json",
         json.dumps(
             {
                 "args": {k: str(v) if isinstance(v, (Path, list)) else v for k, v in vars(args).items()},
                 "seconds": time.perf_counter() - start,
+                "phase_seconds": {k: round(v, 1) for k, v in phases.items()},
                 "models": {k: str(v) for k, v in models.items()},
             },
             indent=1,

@@ -57,6 +57,25 @@ def train_stage1(
     return folder if _done(folder, "model_index.json") else train(config)
 
 
+def train_stage1_lora(args, out: Path, data: Sequence[Path], steps: int) -> Path:
+    """StableMTL-S as task-adaptive LoRA adapters on the frozen base (docs/lora.md), same data and steps as
+    the full stage-1 run, at ``args.lora_learning_rate`` (adapters take a larger rate than full weights)."""
+    from stablemtl.training.loop import train as train_loop
+    from stablemtl.training.objectives.lora import LoRATrainConfig, lora_objective_factory
+
+    settings = _loop_settings(
+        args, out, "stablemtl_s_lora", data, steps, learning_rate=args.lora_learning_rate
+    )
+    if args.base:
+        settings["pretrained_model_name_or_path"] = args.base
+    config = load_config(demo_config_path(args), **settings)
+    folder = Path(config.output_dir)
+    if _done(folder, "model_index.json"):
+        return folder
+    lora_config = LoRATrainConfig(lora_rank=args.lora_rank, lora_task_rank=args.lora_task_rank)
+    return train_loop(config, lora_objective_factory(lora_config))
+
+
 def train_stage2(args, out: Path, stage1: Path, data: Sequence[Path], steps: int) -> Path:
     """StableMTL (multi-stream) from the stage-1 folder: task attention only, for the demo's budget."""
     from stablemtl.training.loop import train as train_loop
