@@ -21,6 +21,7 @@ from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
 from stablemtl.data import make_dataset
+from stablemtl.pipelines import StableMTLPipeline
 from stablemtl.testing import make_tiny_sd_folder
 from stablemtl.training import load_config, train
 
@@ -153,10 +154,15 @@ def test_joint_grouping_mixes_tasks_in_a_micro_batch(assets, tmp_path):
     assert len(seen) == 3 and any(len(tasks) > 1 for tasks in seen)
 
 
-def _run_worker(args: list[str], record: Path, torchrun: bool = False) -> subprocess.Popen:
+def _run_worker(args: list[str], record: Path, torchrun: bool = False, stage: int = 1) -> subprocess.Popen:
     # Same thread count as this process: CPU kernels reduce in a thread-dependent order, and the resume
     # test compares a run split across processes with one in this process bit for bit.
-    env = {**os.environ, "STABLEMTL_RECORD": str(record), "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "STABLEMTL_RECORD": str(record),
+        "HF_HUB_OFFLINE": "1",
+        "STABLEMTL_STAGE": str(stage),
+    }
     env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     command = [sys.executable]
     if torchrun:
@@ -197,6 +203,30 @@ def test_two_processes_train_the_same_task_on_different_samples_and_end_identica
     assert weights0.keys() == weights1.keys()
     assert all(torch.equal(weights0[k], weights1[k]) for k in weights0)
     assert torch.equal(weights0["conv_in.weight"], _unet_weights(tmp_path / "out")["conv_in.weight"])
+
+
+def test_two_processes_train_stage2_with_lora_in_lockstep_and_end_identical(assets, tmp_path):
+    # Stage 2 under DDP: one wrapped two-stream module whose micro-batches leave the other tasks' query
+    # MLPs and LoRA adapters without gradient (find_unused_parameters), on two gloo ranks.
+    tasks = ["depth", "normal", "albedo"]
+    StableMTLPipeline.from_base(assets["base"], tasks=tasks).save_pretrained(tmp_path / "s1")
+    settings = _settings(assets, tmp_path / "out", max_train_steps=3, train_batch_size=1, tasks=tasks)
+    del settings["pretrained_model_name_or_path"]
+    settings.update(stage1_model=str(tmp_path / "s1"), task_attention_hidden_dim=16, lora_rank=2)
+    record = tmp_path / "record"
+    process = _run_worker(_flags(settings), record, torchrun=True, stage=2)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output.decode()[-3000:]
+    rank0, rank1 = _read(record, 0), _read(record, 1)
+    assert [(a["step"], a["tasks"]) for a in rank0] == [(b["step"], b["tasks"]) for b in rank1]
+    assert [x for line in rank0 for x in line["images"]] != [x for line in rank1 for x in line["images"]]
+    weights0, weights1 = (load_file(str(record / f"rank{r}.safetensors")) for r in (0, 1))
+    assert weights0.keys() == weights1.keys()
+    assert any(k.startswith("task_attention.") for k in weights0) and any("lora_" in k for k in weights0)
+    assert all(torch.equal(weights0[k], weights1[k]) for k in weights0)
+    moved = [k for k in weights0 if "to_out_task" in k and weights0[k].abs().sum() > 0]
+    assert moved  # the zero-initialised task attention trained, identically on both ranks
+    assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
 
 
 @pytest.mark.slow
