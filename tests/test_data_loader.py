@@ -138,9 +138,14 @@ def test_loader_augments_per_source_and_task(tmp_path):
         assert torch.equal(street[i]["image"], depth["image"])  # no task: the source-wide augmentation
         flow = street.item(i, "optical_flow")
         assert not _is_raw_or_mirrored(flow["image"], raw["image"])  # colour-jittered
-        # Same key, same flip draw: the flow sample's labels are those of the flip-only sample.
-        for task in raw["labels"]:
-            assert torch.equal(flow["labels"][task], depth["labels"][task]), task
+        # Same key, same flip draw: a task's item carries that task's label of the flip-only sample, and
+        # only that label (a training item reads and decodes one task's columns).
+        everything = street[i]
+        for task, item in (("optical_flow", flow), ("depth", depth)):
+            assert set(item["labels"]) == {task} == set(item["valid"])
+            assert torch.equal(item["labels"][task], everything["labels"][task]), task
+            assert torch.equal(item["valid"][task], everything["valid"][task]), task
+        assert set(everything["labels"]) == set(raw["labels"])
     assert mirrored >= 1
     with pytest.raises(ValueError, match="task 'depht' is unknown"):
         street.item(0, "depht")

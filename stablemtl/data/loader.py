@@ -69,6 +69,7 @@ class SourceDataset(TorchDataset):
         self.seed = int(seed)
         self.epoch = 0
         self._task_column = None
+        self._task_tables: dict[str, Any] = {}
 
     def __len__(self) -> int:
         return len(self._table)
@@ -83,31 +84,47 @@ class SourceDataset(TorchDataset):
             self._task_column = [set(t) for t in self._table.with_format(None)["tasks"]]
         return [i for i, names in enumerate(self._task_column) if task in names]
 
-    def raw(self, index: int) -> dict:
-        """Row ``index`` as a Sample without augmentation (only the dataset's ``tasks`` kept)."""
+    def raw(self, index: int, task: str | None = None) -> dict:
+        """Row ``index`` as a Sample without augmentation (only the dataset's ``tasks`` kept; with ``task``,
+        only that task's label, and only its columns are read and decoded)."""
         if not -len(self) <= index < len(self):
             raise IndexError(f"row {index} is out of range for {len(self)} rows of {self.path}")
         where = f"row {index} of {self.path}"
+        table = self._table if task is None else self._task_table(task)
         try:
-            row = self._table[int(index)]
+            row = table[int(index)]
         except Exception as err:  # damaged Arrow data or an image that does not decode
             raise ValueError(f"{where} cannot be read ({type(err).__name__}: {err})") from err
         for name, nulls in self._nulls.items():
-            if nulls[index]:
+            if name in row and nulls[index]:
                 row[name] = None
+        if task is not None:
+            row["tasks"] = [t for t in row["tasks"] if str(t) == task]
         sample = row_to_sample(row, where)
         for task in list(sample["labels"]):
             if task not in self.tasks:
                 del sample["labels"][task], sample["valid"][task]
         return sample
 
+    def _task_table(self, task: str):
+        """The table without the other tasks' label and valid columns (a training item reads one task)."""
+        get_task(task)
+        view = self._task_tables.get(task)
+        if view is None:
+            own = {LABEL_PREFIX + task, VALID_PREFIX + task}
+            columns = [c for c in self._table.column_names if not c.startswith((LABEL_PREFIX, VALID_PREFIX))]
+            columns += [c for c in self._table.column_names if c in own]
+            view = self._task_tables[task] = self._table.select_columns(columns).with_format("numpy")
+        return view
+
     def __getitem__(self, index: int) -> dict:
         return self.item(index)
 
     def item(self, index: int, task: str | None = None) -> dict:
-        """Row ``index`` augmented as a training sample of ``task`` (its ``task_augmentation`` entry, else
-        ``augmentation``); ``item(i)`` is ``self[i]``. Unaugmented when ``augmentation`` is None."""
-        sample = self.raw(index)
+        """Row ``index`` augmented as a training sample of ``task`` (only that task's label, its
+        ``task_augmentation`` entry, else ``augmentation``); ``item(i)`` is ``self[i]`` (every label).
+        Unaugmented when ``augmentation`` is None."""
+        sample = self.raw(index, task)
         if self.augmentation is None:
             return sample
         if task is not None:

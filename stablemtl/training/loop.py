@@ -73,6 +73,9 @@ def _make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
         cls = bnb.optim.AdamW8bit if config.optimizer == "adamw" else bnb.optim.Adam8bit
     else:
         cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        # PyTorch's fused kernel updates every parameter in one pass: on the CPU about 3x faster than its
+        # per-parameter loop (the default there); supported on CPU, CUDA, MPS and XPU, and with AMP scaling.
+        kwargs["fused"] = True
     return cls(parameters, **kwargs)
 
 
