@@ -150,6 +150,7 @@ class StableMTLLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
     def lora_model_card(self, repo_id: str | None = None, base_model: str | None = None) -> ModelCard:
         """The adapters' model card: the StableMTL pipeline they apply to, tasks, ranks, how to load them."""
         settings = self.task_lora.settings
+        pipeline = type(self).__name__  # the pipeline class the adapters' UNet belongs to
         base = str(base_model or self.name_or_path or "unknown")
         is_hub_id = "/" in base and not os.path.exists(base)
         data = ModelCardData(
@@ -165,13 +166,13 @@ class StableMTLLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
             ],
         )
         text = (
-            f"---\n{data.to_yaml()}\n---\n\n# Task-adaptive LoRA adapters for StableMTL\n\n"
+            f"---\n{data.to_yaml()}\n---\n\n# Task-adaptive LoRA adapters for StableMTL ({pipeline})\n\n"
             f"Base model: `{base}`. These weights are adapters only: a shared adapter (rank {settings.rank}) "
             f"on {', '.join(settings.targets)} of every block, and one gated adapter per task (rank "
             f"{settings.task_rank}, {'decoder' if settings.task_layers == 'dec' else 'all'} layers) for "
             f"{', '.join(settings.tasks)}.\n\n"
-            "```python\nfrom stablemtl.pipelines import StableMTLPipeline\n\n"
-            f'pipe = StableMTLPipeline.from_pretrained("{base}")\n'
+            f"```python\nfrom stablemtl.pipelines import {pipeline}\n\n"
+            f'pipe = {pipeline}.from_pretrained("{base}")\n'
             f'pipe.load_lora_weights("{repo_id or "path/to/these/adapters"}")\n'
             f"out = pipe(image, tasks={settings.tasks!r})\n```\n"
         )

@@ -78,6 +78,8 @@ def test_fresh_adapters_start_exactly_at_stage1_and_batched_tasks_equal_per_task
             {t: torch.zeros(2, 12, 4, 4) for t in TASKS}, ["depth"], pipe._require_task_embeddings()
         )
     assert (output.main["depth"] - expected.main["depth"]).abs().max() > 1e-4
+    # Published alone, the adapters' card says which pipeline class they belong to.
+    assert "StableMTLMultiStreamPipeline.from_pretrained(" in pipe.lora_model_card().content
 
 
 def test_a_stage1_model_with_adapters_cannot_be_the_auxiliary_stream(stage1):
