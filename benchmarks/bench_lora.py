@@ -1,7 +1,7 @@
 """Task-adaptive LoRA against full fine-tuning of the stage-1 UNet: what a training step costs.
 
     .venv/bin/python benchmarks/bench_lora.py [--pretrained_model_name_or_path DIR] [--resolution 64] \
-        [--lora_rank 8] [--lora_task_rank 4] [--lora_task_layers dec]
+        [--lora_rank 8] [--lora_task_rank 4] [--lora_task_layers dec] [--lora_targets to_q to_k to_v to_out.0]
 
 For each variant, in its own fresh process (so that one variant's memory does not count for the other):
 trainable parameters (and their share of the UNet, printed as ``trainable N.NN %``), the AdamW state after
@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from stablemtl.models.lora import DEFAULT_TARGETS
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["depth", "normal"]
@@ -52,7 +54,11 @@ def measure(args: argparse.Namespace, variant: str) -> dict[str, float]:
     pipe = load_pipeline(args.pretrained_model_name_or_path, TASKS)
     if variant == "lora":
         settings = TaskLoRASettings(
-            rank=args.lora_rank, task_rank=args.lora_task_rank, tasks=TASKS, task_layers=args.lora_task_layers
+            rank=args.lora_rank,
+            task_rank=args.lora_task_rank,
+            tasks=TASKS,
+            task_layers=args.lora_task_layers,
+            targets=list(args.lora_targets),
         )
         objective = TaskLoRAObjective(pipe, settings)
     else:
@@ -118,7 +124,7 @@ SD2_UNET = {
 ALL_TASKS = ["semantic", "depth", "normal", "optical_flow", "scene_flow", "albedo", "shading"]
 
 
-def sd2_share(rank: int, task_rank: int, task_layers: str) -> tuple[int, int]:
+def sd2_share(rank: int, task_rank: int, task_layers: str, targets: list[str]) -> tuple[int, int]:
     """(adapter parameters, UNet parameters) of TA-LoRA with the 7 built-in tasks on SD2's UNet."""
     from diffusers import UNet2DConditionModel
 
@@ -127,7 +133,9 @@ def sd2_share(rank: int, task_rank: int, task_layers: str) -> tuple[int, int]:
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SD2_UNET)
     total = sum(p.numel() for p in unet.parameters())
-    settings = TaskLoRASettings(rank=rank, task_rank=task_rank, tasks=ALL_TASKS, task_layers=task_layers)
+    settings = TaskLoRASettings(
+        rank=rank, task_rank=task_rank, tasks=ALL_TASKS, task_layers=task_layers, targets=targets
+    )
     return sum(p.numel() for p in TaskLoRA.install(unet, settings).adapter_parameters()), total
 
 
@@ -145,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--lora_rank", type=int, default=8)
     parser.add_argument("--lora_task_rank", type=int, default=4)
     parser.add_argument("--lora_task_layers", default="dec", choices=["dec", "all"])
+    parser.add_argument("--lora_targets", nargs="+", default=list(DEFAULT_TARGETS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -164,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             f"{r['optimizer_state_bytes'] / 2**20:>9.2f} MB {r['peak_step_bytes'] / 2**20:>8.1f} MB "
             f"{r['step_seconds'] * 1000:>6.0f} ms"
         )
-    adapters, total = sd2_share(args.lora_rank, args.lora_task_rank, args.lora_task_layers)
+    adapters, total = sd2_share(args.lora_rank, args.lora_task_rank, args.lora_task_layers, args.lora_targets)
     print(
         f"SD2 UNet, 7 tasks: {adapters:,d} of {total:,d} parameters, trainable {100 * adapters / total:.2f} %"
     )

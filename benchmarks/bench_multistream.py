@@ -14,11 +14,9 @@ pattern quadratically). Timings interleave the variants round by round (the CPU 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from timing import interleaved_medians
 
 from stablemtl.models.conv_in import widen_conv_in
 from stablemtl.models.multistream import MultiStreamUNet
@@ -104,18 +102,6 @@ def ours(vae, model: MultiStreamUNet, tokens, image, next_image, tasks) -> dict[
     return model(samples, tasks, tokens).main
 
 
-def median_times(variants: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    for fn in variants.values():
-        fn()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(v) for name, v in times.items()}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=1)
@@ -146,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     if worst > 1e-5:
         raise SystemExit("the two schedules disagree")
 
-    times = median_times(
+    times = interleaved_medians(
         {
             "official": lambda: official(vae, model, tokens, image, next_image, SEVEN),
             "ours": lambda: ours(vae, model, tokens, image, next_image, SEVEN),
@@ -163,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         tasks = SEVEN[:n]
         # A model of N tasks: the same weights, the auxiliary task set restricted to the first N tasks.
         sub = MultiStreamUNet(model.unet, model.aux_unet, model.task_attention, aux_tasks=tasks)
-        t = median_times(
+        t = interleaved_medians(
             {
                 "official": lambda sub=sub, tasks=tasks: official(vae, sub, tokens, image, next_image, tasks),
                 "ours": lambda sub=sub, tasks=tasks: ours(vae, sub, tokens, image, next_image, tasks),

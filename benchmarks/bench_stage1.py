@@ -13,31 +13,16 @@ overhead over the bare equivalent <= 5 %.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from timing import interleaved_medians
 
 from stablemtl.resources import embedded_base
 from stablemtl.training.components import load_pipeline
 from stablemtl.training.objectives.single_stream import StableMTLObjective
 from stablemtl.training.step import micro_step
-
-
-def _median_times(variants: dict[str, Callable[[], None]], rounds: int, warmup: int) -> dict[str, float]:
-    for fn in variants.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _depth_group(batch: int, size: int, generator: torch.Generator) -> dict:
@@ -95,7 +80,7 @@ def bench_training(pipe, batch: int, size: int, rounds: int, warmup: int) -> dic
         "bare VAE+UNet step": bare_vae_unet,
         "bare UNet fwd/bwd": bare_unet,
     }
-    return _median_times(variants, rounds, warmup)
+    return interleaved_medians(variants, rounds, warmup)
 
 
 @torch.no_grad()
@@ -125,7 +110,7 @@ def bench_pipeline(
         pipe.vae.decode(out / scale).sample.clamp(-1, 1)
 
     pipe.set_progress_bar_config(disable=True)
-    return _median_times({"pipeline call (ours)": ours, "bare VAE+UNet+VAE": bare}, rounds, warmup)
+    return interleaved_medians({"pipeline call (ours)": ours, "bare VAE+UNet+VAE": bare}, rounds, warmup)
 
 
 def _report(title: str, times: dict[str, float], ours: str, bare: str) -> None:

@@ -12,36 +12,22 @@ shared) and medians reported.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
+from timing import interleaved_medians
 
 from stablemtl.data import load_source, make_dataset
 from stablemtl.resources import embedded_base
-
-
-def _medians(variants: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for fn in variants.values():
-        fn()  # warm-up
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def bench_reading(rows: int, size: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         source = load_source(make_dataset("street", rows, Path(tmp) / "street", size=size, seed=0))
         indices = range(rows)
-        times = _medians(
+        times = interleaved_medians(
             {
                 "whole row (every label)": lambda: [source[i] for i in indices],
                 "one task's item (depth)": lambda: [source.item(i, "depth") for i in indices],
@@ -64,7 +50,7 @@ def bench_adam(rounds: int) -> None:
         "per-parameter loop": torch.optim.AdamW(parameters, lr=1e-4, foreach=False),
         "fused": torch.optim.AdamW(parameters, lr=1e-4, fused=True),
     }
-    times = _medians({name: opt.step for name, opt in optimizers.items()}, rounds)
+    times = interleaved_medians({name: opt.step for name, opt in optimizers.items()}, rounds)
     count = sum(p.numel() for p in parameters)
     print(f"AdamW step over {count:,} parameters ({len(parameters)} tensors)")
     for name, seconds in times.items():

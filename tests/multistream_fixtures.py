@@ -1,5 +1,5 @@
 """Tiny two-stream models for the multi-stream tests: SD-layout UNets (16 transformer blocks), random task
-tokens of different lengths, random 12-channel UNet inputs."""
+tokens of different lengths, random 12-channel UNet inputs, smooth test images."""
 
 from __future__ import annotations
 
@@ -32,12 +32,20 @@ def samples(tasks=TASKS, batch: int = 2, size: int = 8, seed: int = 1) -> dict[s
     return {t: torch.randn(batch, 12, size, size, generator=g) for t in tasks}
 
 
-def randomize(module: torch.nn.Module, seed: int = 2, scale: float = 0.3) -> None:
-    """Give every parameter (the zero-initialised output projections included) random values."""
+def randomize(module, seed: int = 2, scale: float = 0.3) -> None:
+    """Give every parameter of a module (or of an iterable of parameters) random values, the
+    zero-initialised output projections and LoRA gates included."""
     g = torch.Generator().manual_seed(seed)
+    parameters = module.parameters() if isinstance(module, torch.nn.Module) else module
     with torch.no_grad():
-        for p in module.parameters():
+        for p in parameters:
             p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def frames(count: int = 2, seed: int = 0, size: tuple[int, int] = (32, 40)) -> torch.Tensor:
+    """Smooth random images ``(count, 3, *size)`` in [0, 1] (upsampled noise, like a blurry photo)."""
+    coarse = torch.rand(count, 3, 4, 5, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.interpolate(coarse, size, mode="bilinear", align_corners=False)
 
 
 def build(tasks=TASKS, seed: int = 0, **kwargs) -> tuple[MultiStreamUNet, UNet2DConditionModel]:

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from multistream_fixtures import frames, randomize
 
 from stablemtl import StableMTLPipeline
 from stablemtl.data import make_dataset
@@ -30,18 +31,6 @@ def stage1(tmp_path_factory):
     return pipe
 
 
-def frames(count=2, seed=0, size=(32, 32)):
-    coarse = torch.rand(count, 3, 4, 4, generator=torch.Generator().manual_seed(seed))
-    return torch.nn.functional.interpolate(coarse, size, mode="bilinear", align_corners=False)
-
-
-def randomize(parameters, seed=3, scale=0.2):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in parameters:
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-
-
 def test_fresh_adapters_start_exactly_at_stage1_and_batched_tasks_equal_per_task_calls(stage1):
     pipe = StableMTLMultiStreamPipeline.from_stage1(copy.deepcopy(stage1), query_hidden_dim=16)
     pipe.set_progress_bar_config(disable=True)
@@ -59,8 +48,8 @@ def test_fresh_adapters_start_exactly_at_stage1_and_batched_tasks_equal_per_task
 
     # Non-zero adapters, gates and task attention: each task's rows of the one batched main call use that
     # task's adapter, exactly as a call for that task alone does.
-    randomize(pipe.task_lora.adapter_parameters(), scale=0.05)
-    randomize(pipe.task_attention.parameters(), seed=4)
+    randomize(pipe.task_lora.adapter_parameters(), seed=3, scale=0.05)
+    randomize(pipe.task_attention, seed=4, scale=0.2)
     together = pipe(image, next_image=next_image, tasks=TASKS, batch_size=2, output_type="pt")
     for task in TASKS:
         alone = pipe(image, next_image=next_image, tasks=[task], batch_size=2, output_type="pt")
