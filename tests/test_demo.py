@@ -29,6 +29,10 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, monkeypatch):
             "1",
             "--prototype_steps",
             "2",
+            "--lora_rank",
+            "2",
+            "--lora_task_rank",
+            "2",
         ]
     )
     text = report.read_text()

@@ -36,7 +36,21 @@ UNET_PREFIX = "unet."  # diffusers' key prefix: a plain load_lora_weights reads 
 TASK_PREFIX = "unet_tasks."  # unet_tasks.<task>.<module>.lora_A.weight
 GATE_PREFIX = "unet_task_gates."  # unet_task_gates.<task>: [layers] gates
 GATES_ATTRIBUTE = "ta_lora_gates"  # where the gate module hangs on the UNet (so DDP/EMA/checkpoints see it)
-DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+# Attention and feed-forward projections and the convolutions, conv_in (the 12-channel input) and conv_out
+# included: on the demo's data, adapters on the attention projections alone stay far behind full
+# fine-tuning (docs/lora.md, measured). ATTENTION_TARGETS is diffusers' usual, lighter choice.
+ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+DEFAULT_TARGETS = (
+    *ATTENTION_TARGETS,
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_in",
+    "conv_out",
+)
 TASK_LAYER_CHOICES = ("dec", "all")
 
 
