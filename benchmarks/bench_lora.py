@@ -1,7 +1,7 @@
 """Task-adaptive LoRA against full fine-tuning of the stage-1 UNet: what a training step costs.
 
     .venv/bin/python benchmarks/bench_lora.py [--pretrained_model_name_or_path DIR] [--resolution 64] \
-        [--lora_rank 8] [--lora_task_rank 4] [--lora_task_layers dec] [--lora_targets to_q to_k to_v to_out.0 ...]
+        [--lora_rank 8] [--lora_task_rank 4] [--lora_task_layers dec] [--lora_targets ...]
 
 For each variant, in its own fresh process (so that one variant's memory does not count for the other):
 trainable parameters (and their share of the UNet, printed as ``trainable N.NN %``), the AdamW state after

@@ -4,7 +4,7 @@
         --pretrained_model_name_or_path stabilityai/stable-diffusion-2 --output_dir runs/s1
     # base UNet frozen, shared rank-8 adapter + rank-4 adapter per task on the decoder (docs/lora.md)
     accelerate launch train_scripts/train_stablemtl.py --config configs/stage1.yaml --output_dir runs/lora \
-        --lora_rank 8 --lora_task_rank 4 [--lora_task_layers dec|all] [--lora_targets to_q to_k to_v to_out.0 ...]
+        --lora_rank 8 --lora_task_rank 4 [--lora_task_layers dec|all] [--lora_targets ...]
 
 Settings come from the YAML file given by ``--config``; every flag overrides it (``--help`` lists them,
 named as in diffusers' training examples). Multi-process on CPU: ``torchrun --standalone
