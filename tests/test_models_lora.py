@@ -197,9 +197,8 @@ def test_pipeline_batched_tasks_save_load_fuse_and_unload(base, tmp_path):
     again = loaded(_image(), tasks=TASKS, output_type="pt").predictions
     # Same weights bit for bit; two pipelines' CPU convolutions may round differently (buffer alignment),
     # which the normals' normalisation magnifies to ~5e-5.
-    assert all(
-        torch.equal(v, loaded.task_lora.state_dict()[k]) for k, v in pipe.task_lora.state_dict().items()
-    )
+    reloaded = loaded.task_lora.state_dict()
+    assert all(torch.equal(v, reloaded[k]) for k, v in pipe.task_lora.state_dict().items())
     for task in ("depth", "normal"):
         torch.testing.assert_close(again[task], batched[task], atol=2e-4, rtol=0)
     assert not any(p.requires_grad for p in loaded.unet.parameters())

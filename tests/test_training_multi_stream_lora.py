@@ -54,7 +54,7 @@ def test_fresh_adapters_start_exactly_at_stage1_and_batched_tasks_equal_per_task
     for task in TASKS:
         alone = pipe(image, next_image=next_image, tasks=[task], batch_size=2, output_type="pt")
         # Normals are normalised after decoding, which magnifies float noise where the raw vector is short.
-        tolerance = 1e-4 if task == "normal" else 1e-5
+        tolerance = 1e-3 if task == "normal" else 1e-5
         torch.testing.assert_close(together[task], alone[task], atol=tolerance, rtol=1e-5)
     assert (together.depth - theirs.depth).abs().max() > 1e-3  # the adapters act
     # The routing really differs per task: depth routed through normal's adapter predicts otherwise.
