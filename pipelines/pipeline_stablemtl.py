@@ -30,7 +30,8 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from stablemtl.models.conv_in import widen_conv_in
 from stablemtl.models.latent_step import LatentStep, LatentStepSettings
 from stablemtl.models.task_tokens import TASK_EMBEDDINGS_NAME, TaskEmbeddings
-from stablemtl.pipelines.image_processor import RESAMPLE_METHODS, ImageInput, StableMTLImageProcessor
+from stablemtl.pipelines.call_arguments import check_call_arguments, resolution_limit
+from stablemtl.pipelines.image_processor import ImageInput, StableMTLImageProcessor
 from stablemtl.pipelines.lora_loading import StableMTLLoraLoaderMixin
 from stablemtl.pipelines.pipeline_folder import StableMTLFolderMixin, component_folder, is_hub_snapshot
 from stablemtl.tasks import PAPER_TASKS, check_tasks, get_task
@@ -38,10 +39,6 @@ from stablemtl.tasks import PAPER_TASKS, check_tasks, get_task
 logger = logging.get_logger(__name__)
 
 PIPELINE_FILE = "pipeline_stablemtl.py"
-# processing_resolution bound: latents, activations and attention grow with its square (and more), so a typo
-# such as 65536 would try to allocate tens of GB. Up to 4x the training resolution is allowed by default.
-MAX_RESOLUTION_FACTOR = 4
-ABSOLUTE_MAX_RESOLUTION = 4096
 
 
 @dataclass
@@ -277,39 +274,18 @@ class StableMTLPipeline(StableMTLFolderMixin, DiffusionPipeline, StableMTLLoraLo
                 f"tasks {missing} have no task token in this model (it knows: {', '.join(self.tasks)}); "
                 "add_tasks() computes one, after which the UNet must be trained on them"
             )
-        if not isinstance(processing_resolution, int) or processing_resolution < 0:
-            raise ValueError(
-                f"processing_resolution={processing_resolution!r} must be an int >= 0 (0: native)"
-            )
-        if processing_resolution % self.vae_scale_factor:
-            raise ValueError(f"processing_resolution must be a multiple of {self.vae_scale_factor}")
-        limit = self.max_processing_resolution(max_processing_resolution)
-        if processing_resolution > limit:
-            raise ValueError(
-                f"processing_resolution={processing_resolution} exceeds the limit of {limit} px (memory "
-                f"grows with its square; the limit is {MAX_RESOLUTION_FACTOR}x the training resolution, or "
-                f"{ABSOLUTE_MAX_RESOLUTION} for a model without one): pass max_processing_resolution= to "
-                "allow more"
-            )
-        for name, method in (
-            ("resample_method_input", resample_method_input),
-            ("resample_method_output", resample_method_output),
-        ):
-            if method not in RESAMPLE_METHODS:
-                raise ValueError(f"{name}={method!r} must be one of {RESAMPLE_METHODS}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} must be a positive int")
-        if output_type not in ("np", "pt"):
-            raise ValueError(f"output_type={output_type!r} must be 'np' or 'pt'")
         count, size = self.image_processor.describe(image, "image")
-        if isinstance(generator, (list, tuple)):
-            if len(generator) != count or not all(isinstance(g, torch.Generator) for g in generator):
-                raise ValueError(
-                    f"generator must be a torch.Generator or a list of {count} torch.Generators (one per "
-                    f"image), got a list of {len(generator)} items"
-                )
-        elif generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError("generator must be a torch.Generator or a list of them (one per image)")
+        check_call_arguments(
+            processing_resolution,
+            self.vae_scale_factor,
+            self.max_processing_resolution(max_processing_resolution),
+            resample_method_input,
+            resample_method_output,
+            batch_size,
+            output_type,
+            generator,
+            count,
+        )
         if next_image is not None:
             next_count, next_size = self.image_processor.describe(next_image, "next_image")
             if (next_count, next_size) != (count, size):
@@ -320,15 +296,9 @@ class StableMTLPipeline(StableMTLFolderMixin, DiffusionPipeline, StableMTLLoraLo
         return count
 
     def max_processing_resolution(self, override: int | None = None) -> int:
-        """The largest ``processing_resolution`` a call accepts: ``override`` when given, else
-        ``MAX_RESOLUTION_FACTOR`` times the training resolution (``default_processing_resolution``), else
-        ``ABSOLUTE_MAX_RESOLUTION`` for a model that records none."""
-        if override is not None:
-            if not isinstance(override, int) or override < 1:
-                raise ValueError(f"max_processing_resolution={override!r} must be a positive int")
-            return override
-        trained = self.config.default_processing_resolution
-        return MAX_RESOLUTION_FACTOR * trained if trained > 0 else ABSOLUTE_MAX_RESOLUTION
+        """The largest ``processing_resolution`` a call accepts: ``override``, else a multiple of the training
+        resolution (``default_processing_resolution``; see ``call_arguments.resolution_limit``)."""
+        return resolution_limit(self.config.default_processing_resolution, override)
 
     # -- inference ------------------------------------------------------------------------------------------
     @torch.no_grad()
