@@ -26,8 +26,6 @@ def main(argv: list[str] | None = None) -> Path:
     train_config, lora_config = parse_configs(argv, TrainConfig, LoRATrainConfig)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if not lora_config.enabled:
-        if lora_config.lora_task_rank is not None:
-            raise ValueError("--lora_task_rank needs --lora_rank")
         return train(train_config, stage1_objective)
     return train(train_config, lora_objective_factory(lora_config))
 

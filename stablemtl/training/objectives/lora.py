@@ -42,14 +42,16 @@ class LoRATrainConfig:
         metadata={"help": "module-name suffixes the adapters wrap (peft target_modules)"},
     )
 
+    def __post_init__(self) -> None:
+        if self.lora_task_rank is not None and self.lora_rank is None:
+            raise ValueError("--lora_task_rank needs --lora_rank")
+
     @property
     def enabled(self) -> bool:
         return self.lora_rank is not None
 
     def settings(self, tasks: Sequence[str], seed: int) -> TaskLoRASettings:
         """The adapter settings for ``tasks``; ``ValueError`` naming a bad flag."""
-        if self.lora_task_rank is not None and self.lora_rank is None:
-            raise ValueError("--lora_task_rank needs --lora_rank")
         settings = TaskLoRASettings(
             rank=self.lora_rank,
             task_rank=self.lora_task_rank if self.lora_task_rank is not None else self.lora_rank,

@@ -225,8 +225,6 @@ def stage2_objective(
     if not model_config.stage1_model:
         raise ValueError("--stage1_model is required: the stage-1 pipeline folder or Hub id")
     lora = lora_config if lora_config is not None and lora_config.enabled else None
-    if lora_config is not None and not lora_config.enabled and lora_config.lora_task_rank is not None:
-        raise ValueError("--lora_task_rank needs --lora_rank")
     if lora is not None and model_config.train_only_task_attention:
         raise ValueError(
             "--lora_rank adapts the main UNet, --train_only_task_attention freezes it: choose one"
