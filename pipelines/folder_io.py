@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from stablemtl.utils.atomic import plain_modes, staging_folder
 
 INDEX_NAME = "model_index.json"
 
@@ -90,12 +91,12 @@ def staged_save(save_directory: str | os.PathLike) -> Iterator[Path]:
     an existing one is merged into file by file (see the module docstring).
     """
     target = check_save_directory(save_directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+    staged = staging_folder(target, "saving-")
     try:
         yield staged
         if not (staged / INDEX_NAME).is_file():
             raise RuntimeError(f"the staged pipeline holds no {INDEX_NAME}")
+        plain_modes(staged)
         if not target.exists():
             os.replace(staged, target)
             return

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from stablemtl.utils.atomic import atomic_folder
 
 # Words the tiny tokenizer merges into single tokens: the task prompts and a few common words. Anything
 # else still tokenizes, byte by byte.
@@ -201,15 +202,6 @@ def make_tiny_sd_folder(path: str | os.PathLike, seed: int = 0, overwrite: bool 
             if (path / "model_index.json").is_file():
                 return path
             raise ValueError(f"path {path} exists and is not an SD folder; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        pipe = StableDiffusionPipeline(**tiny_sd_components(seed))
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    with atomic_folder(path) as staged:
+        StableDiffusionPipeline(**tiny_sd_components(seed)).save_pretrained(staged, safe_serialization=True)
     return path

@@ -411,6 +411,22 @@ def test_failed_save_leaves_the_previous_folder_intact(base, tmp_path, monkeypat
     assert StableMTLPipeline.from_pretrained(folder).tasks == ["depth"]
 
 
+def test_a_saved_folder_is_as_readable_as_a_plain_folder(base, tmp_path):
+    # Saving stages in a private temporary folder; the folder and files that appear must not stay private.
+    import stat
+
+    def mode(path):
+        return stat.S_IMODE(path.stat().st_mode)
+
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain.txt").write_text("x")
+    folder = tmp_path / "model"
+    _fresh(base, tasks=["depth"]).save_pretrained(folder)
+    assert mode(folder) == mode(tmp_path / "plain")
+    for path in folder.rglob("*"):
+        assert mode(path) == mode(tmp_path / ("plain" if path.is_dir() else "plain.txt")), path
+
+
 def test_from_pretrained_with_a_hub_id_reads_the_hub_cache(pipe, saved, tmp_path):
     """A Hub id resolves through huggingface_hub's cache (filled here by hand, read with local_files_only)."""
     import shutil

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import is_xformers_available
 
 from stablemtl.models.task_masking import TaskMasking
+from stablemtl.utils.atomic import atomic_folder
 
 LAYER_CHOICES = ("all", "dec")
 FUSIONS = ("attention", "sum")
@@ -161,19 +161,10 @@ class TaskAttention(ModelMixin, ConfigMixin):
         into place), plus a copy of this source file: a pipeline folder can then name the component
         ``["task_attention", "TaskAttention"]`` in ``model_index.json`` and load from the Hub, where
         diffusers looks for ``task_attention/task_attention.py``."""
-        target = Path(save_directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with atomic_folder(save_directory) as staged:
             kwargs.setdefault("safe_serialization", True)
-            super().save_pretrained(tmp, *args, **kwargs)
-            shutil.copyfile(Path(__file__), tmp / "task_attention.py")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
+            super().save_pretrained(staged, *args, **kwargs)
+            shutil.copyfile(Path(__file__), staged / "task_attention.py")
 
     # -- math ---------------------------------------------------------------------------------------------
     def forward(

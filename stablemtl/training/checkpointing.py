@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 
 from stablemtl.data.sampler import TaskIsolatedSampler
 from stablemtl.training.extra_state import load_extra_state, save_extra_state
+from stablemtl.utils.atomic import plain_modes
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +206,7 @@ def save_checkpoint(
         save_extra_state(tmp, sampler, ema)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        plain_modes(tmp)  # safetensors leaves its files private; a checkpoint is as readable as any file
         if final.exists():  # the same step saved again (e.g. the final step after a resume)
             old = root / f"{_TMP_PREFIX}{step}-old"
             os.replace(final, old)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ from stablemtl.data.augment import Augmentation, augment_sample
 from stablemtl.models.baselines.hitt import HiTTModel
 from stablemtl.models.baselines.hitt_losses import centre_values
 from stablemtl.tasks import get_task
+from stablemtl.utils.atomic import atomic_path
 
 FIELDS = ("label", "confidence", "feature", "feature_confidence")
 
@@ -71,14 +71,8 @@ def discover_source(
     metadata = {"tasks": json.dumps(tasks), "rows": str(len(source)), "model": json.dumps(model.config)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
     return path
 
 

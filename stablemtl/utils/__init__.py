@@ -1,5 +1,19 @@
 """Small helpers every layer may use (they import nothing else from stablemtl)."""
 
-from stablemtl.utils.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from stablemtl.utils.atomic import (
+    atomic_folder,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    plain_modes,
+    staging_folder,
+)
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = [
+    "atomic_folder",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "plain_modes",
+    "staging_folder",
+]

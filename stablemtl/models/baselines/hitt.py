@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +47,7 @@ from stablemtl.models.baselines.hitt_modules import (
     TokenQuery,
 )
 from stablemtl.models.baselines.quantization import assign, initial_centres, soft_expectation
+from stablemtl.utils.atomic import atomic_path, atomic_write_text
 
 MODEL_TYPE = "hitt"
 
@@ -426,17 +425,7 @@ class HiTTModel(
     def _save_pretrained(self, save_directory: Path) -> None:
         """``model.safetensors`` and ``config.json``, each written to a temporary file then renamed."""
         save_directory = Path(save_directory)
-        _atomic_write(save_directory / "model.safetensors", lambda path: save_model(self, path))
+        with atomic_path(save_directory / "model.safetensors") as tmp:
+            save_model(self, str(tmp))
         text = json.dumps(self._hub_mixin_config, sort_keys=True, indent=2)
-        _atomic_write(save_directory / "config.json", lambda path: Path(path).write_text(text))
-
-
-def _atomic_write(target: Path, write) -> None:
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        atomic_write_text(save_directory / "config.json", text)

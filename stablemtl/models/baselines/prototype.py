@@ -28,8 +28,6 @@ as int64 class ids ``[B, 1, H, W]``), ``unit_interval`` (sigmoid, [0, 1]), ``sig
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +49,7 @@ from stablemtl.models.baselines.prototype_losses import (
 )
 from stablemtl.models.baselines.shared_space import QuantisedSharedSpace, conv_block
 from stablemtl.models.baselines.task_prototype import TaskPrototype
+from stablemtl.utils.atomic import atomic_path, atomic_write_text
 
 MODEL_TYPE = "prototype"  # what stablemtl-eval reads from config.json to pick the class
 FEATURE_STRIDE = 8
@@ -316,11 +315,9 @@ class PrototypeModel(
         """Write ``model.safetensors`` and ``config.json`` (with ``model_type``), each atomically."""
         save_directory = Path(save_directory)
         config = {"model_type": MODEL_TYPE, **self.config}
-        _atomic_write(save_directory / "model.safetensors", lambda path: save_model(self, path))
-        _atomic_write(
-            save_directory / "config.json",
-            lambda path: Path(path).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"),
-        )
+        with atomic_path(save_directory / "model.safetensors") as tmp:
+            save_model(self, str(tmp))
+        atomic_write_text(save_directory / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     # -- checks -------------------------------------------------------------------------------------------
     def _check_inputs(
@@ -390,16 +387,3 @@ def _check_tasks(
             )
     if set(pair_tasks) - set(tasks) or len(set(pair_tasks)) != len(pair_tasks):
         raise ValueError(f"pair_tasks must be distinct names from tasks {tasks}, got {pair_tasks}")
-
-
-def _atomic_write(target: Path, write) -> None:
-    """Call ``write(temp_path)`` on a temporary file beside ``target``, then move it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
