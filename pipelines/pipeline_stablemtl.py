@@ -29,11 +29,12 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from stablemtl.models.conv_in import widen_conv_in
 from stablemtl.models.latent_step import LatentStep, LatentStepSettings
-from stablemtl.models.task_tokens import TASK_EMBEDDINGS_NAME, TaskEmbeddings
+from stablemtl.models.task_tokens import TaskEmbeddings
 from stablemtl.pipelines.call_arguments import check_call_arguments, resolution_limit
 from stablemtl.pipelines.image_processor import ImageInput, StableMTLImageProcessor
 from stablemtl.pipelines.lora_loading import StableMTLLoraLoaderMixin
-from stablemtl.pipelines.pipeline_folder import StableMTLFolderMixin, component_folder, is_hub_snapshot
+from stablemtl.pipelines.pipeline_folder import StableMTLFolderMixin
+from stablemtl.pipelines.task_token_access import TaskTokenMixin
 from stablemtl.tasks import PAPER_TASKS, check_tasks, get_task
 
 logger = logging.get_logger(__name__)
@@ -78,7 +79,7 @@ class StableMTLOutput(BaseOutput):
         return dict(self.items())
 
 
-class StableMTLPipeline(StableMTLFolderMixin, DiffusionPipeline, StableMTLLoraLoaderMixin):
+class StableMTLPipeline(StableMTLFolderMixin, TaskTokenMixin, DiffusionPipeline, StableMTLLoraLoaderMixin):
     """Multi-task dense prediction with a Stable Diffusion UNet in one deterministic step.
 
     Args:
@@ -171,67 +172,6 @@ class StableMTLPipeline(StableMTLFolderMixin, DiffusionPipeline, StableMTLLoraLo
             return super()._execution_device
         devices = [d.device for d in devices]
         return next((d for d in devices if d.type not in ("cpu", "meta")), devices[0])
-
-    # -- task tokens -----------------------------------------------------------------------------------------
-    @property
-    def task_embeddings(self) -> TaskEmbeddings | None:
-        """The cached task tokens, read on first use from where the pipeline was loaded (this is how a
-        pipeline loaded by plain ``DiffusionPipeline.from_pretrained`` finds them). None, like any optional
-        component, for a pipeline built without them; using such a pipeline raises a ``ValueError``."""
-        return self._loaded_task_embeddings()
-
-    def _require_task_embeddings(self) -> TaskEmbeddings:
-        embeddings = self._loaded_task_embeddings()
-        if embeddings is None:
-            raise ValueError(
-                "this pipeline has no task embeddings; build it with StableMTLPipeline.from_base, "
-                "load it with from_pretrained, or pass task_embeddings="
-            )
-        return embeddings
-
-    def _loaded_task_embeddings(self) -> TaskEmbeddings | None:
-        """The task tokens, loaded lazily; None when the pipeline was neither given nor loaded with them.
-
-        Plain ``DiffusionPipeline.from_pretrained(repo, cache_dir=..., revision=..., token=...)`` never
-        calls this class's ``from_pretrained``, so those arguments are unknown here. It did resolve the
-        repo to one local snapshot, the folder the UNet was read from: the tokens are read from that
-        snapshot, or fetched into it (same cache, same commit) when diffusers did not download them.
-        """
-        if self._task_embeddings is not None or not self.name_or_path:
-            return self._task_embeddings
-        snapshot = component_folder(self.unet)
-        if snapshot is not None and (snapshot / TASK_EMBEDDINGS_NAME).is_file():
-            self._task_embeddings = TaskEmbeddings.load(snapshot)
-        elif snapshot is not None and is_hub_snapshot(snapshot) and not Path(self.name_or_path).is_dir():
-            # <cache_dir>/models--owner--name/snapshots/<commit>: ask for that commit in that cache.
-            hub_kwargs = {"cache_dir": snapshot.parents[2], "revision": snapshot.name, **self._hub_kwargs}
-            self._task_embeddings = TaskEmbeddings.load(self.name_or_path, **hub_kwargs)
-        else:
-            self._task_embeddings = TaskEmbeddings.load(self.name_or_path, **self._hub_kwargs)
-        return self._task_embeddings
-
-    @property
-    def tasks(self) -> list[str]:
-        """Names of the tasks this pipeline has task tokens for, in order."""
-        return self._require_task_embeddings().names
-
-    def add_tasks(self, tasks: str | Sequence[str], prompts: Mapping[str, str] | None = None) -> None:
-        """Compute and cache the task tokens of registered ``tasks`` (prompts default to ``Task.prompt``).
-
-        Needs ``text_encoder`` and ``tokenizer``. The UNet must then be trained on the new tasks.
-        """
-        tasks = check_tasks(tasks)
-        if self.text_encoder is None or self.tokenizer is None:
-            raise ValueError(
-                "adding a task needs the text encoder and tokenizer: load them with the pipeline, e.g. "
-                "from_pretrained(folder, text_encoder=CLIPTextModel.from_pretrained(base, subfolder="
-                "'text_encoder'), tokenizer=CLIPTokenizer.from_pretrained(base, subfolder='tokenizer'))"
-            )
-        prompts = {t: (prompts or {}).get(t, get_task(t).prompt) for t in tasks}
-        if self._task_embeddings is None and not self.name_or_path:
-            self._task_embeddings = TaskEmbeddings.compute(self.text_encoder, self.tokenizer, prompts)
-        else:
-            self._require_task_embeddings().add(self.text_encoder, self.tokenizer, prompts)
 
     def set_training_info(self, **info: Any) -> None:
         """Record training facts for the model card, merged into ``config.training_info`` (``base_model``,

@@ -126,6 +126,24 @@ class StableMTLMultiStreamPipeline(pipeline_stablemtl.StableMTLPipeline):
         aux = self.multistream.aux_tasks_for(tasks)
         return list(tasks) + [t for t in aux if t not in tasks]
 
+    def stream_samples(
+        self,
+        first: torch.Tensor,
+        second: torch.Tensor,
+        tasks: Sequence[str],
+        use_pair: bool,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The UNet inputs ``{task: [B,12,h,w]}`` of the requested ``tasks`` and of the auxiliary tasks they
+        attend to, from frame latents ``[B,4,h,w]``; pair tasks see ``second`` when ``use_pair``."""
+        count, step = first.shape[0], self.latent_step
+        samples = {}
+        for task in self.input_tasks(tasks):
+            has_pair = torch.full((count,), use_pair and get_task(task).needs_pair, device=first.device)
+            # With one generator per image (a list), image i's inputs draw from generator[i], task by task.
+            samples[task] = step.unet_input(first, second, has_pair, generator)
+        return samples
+
     def predict_latents(
         self,
         first: torch.Tensor,
@@ -142,12 +160,7 @@ class StableMTLMultiStreamPipeline(pipeline_stablemtl.StableMTLPipeline):
         if tasks is None:
             raise ValueError("the multi-stream pipeline needs the task names of the request")
         count = first.shape[0]
-        step = self.latent_step
-        samples = {}
-        for task in self.input_tasks(tasks):
-            has_pair = torch.full((count,), use_pair and get_task(task).needs_pair, device=first.device)
-            # With one generator per image (a list), image i's inputs draw from generator[i], task by task.
-            samples[task] = step.unet_input(first, second, has_pair, generator)  # [B,12,h,w]
+        samples = self.stream_samples(first, second, tasks, use_pair, generator)
         # Task-adaptive LoRA on the main UNet: its rows are task-major (row j*B + b is task j, image b).
         with self.lora_routing(tasks, count, task_major=True):
             output = self.multistream(

@@ -185,12 +185,7 @@ class MultiStreamObjective(StableMTLObjective):
         latents = self.step.encode(frames).to(self.dtype)  # one VAE call for both frames
         first = latents[:count]
         second = latents[count:] if next_images is not None else first
-        inputs = {}
-        for name in [*tasks, *(t for t in model.aux_tasks_for(tasks) if t not in tasks)]:
-            has_pair = torch.full(
-                (count,), get_task(name).needs_pair and next_images is not None, device=device
-            )
-            inputs[name] = self.step.unet_input(first, second, has_pair)
+        inputs = self.pipe.stream_samples(first, second, tasks, use_pair=next_images is not None)
         with self.pipe.lora_routing(tasks, count, task_major=True):
             out = model(inputs, list(tasks), self.pipe.task_embeddings, self.pipe.config.timestep)
         return {name: get_task(name).decode(self.step.decode(out.main[name])) for name in tasks}
