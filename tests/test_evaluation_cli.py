@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from evaluation_fixtures import ConstantPredictor, OraclePredictor, make_sample
 
 import stablemtl.cli.evaluate as cli
@@ -150,3 +151,28 @@ def test_stablemtl_pipelines_exports_its_classes():
         "StableMTLImageProcessor",
         "StableMTLMultiStreamPipeline",
     }
+
+
+def test_data_folders_are_read_round_robin_as_the_demo_scores_them(tmp_path):
+    from stablemtl.data import make_dataset
+
+    # Two folders of different lengths: row 0 of each, then row 1 of each, then the longer one's rest.
+    short = make_dataset("street", 2, tmp_path / "a", size=16, split="test", seed=3)
+    long = make_dataset("indoor", 3, tmp_path / "b", size=16, split="test", seed=3)
+    samples = cli.load_samples([str(short), str(long)])
+    images = [s["image"] for s in samples]
+    expected = [_image_of(f, i) for f, i in ((short, 0), (long, 0), (short, 1), (long, 1), (long, 2))]
+    assert len(samples) == 5 and len(images) == 5
+    assert all(torch.equal(a, b) for a, b in zip(images, expected))
+    limited = [s["image"] for s in cli.load_samples([str(short), str(long)], limit=1)]
+    assert len(limited) == 2 and torch.equal(limited[1], expected[1])
+    # make demo orders its test samples with the same function.
+    import stablemtl.cli.demo as demo
+
+    assert demo.interleaved_rows is cli.interleaved_rows
+
+
+def _image_of(folder, index):
+    from stablemtl.data import load_source
+
+    return load_source(folder, augment=False)[index]["image"]

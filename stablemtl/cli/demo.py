@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import time
@@ -45,6 +44,7 @@ from stablemtl.evaluation.trivial import ConstantPredictor
 from stablemtl.pipelines.pipeline_stablemtl import StableMTLPipeline
 from stablemtl.training.config import load_config
 from stablemtl.utils import atomic_write_text
+from stablemtl.utils.interleave import interleaved_rows
 
 logger = logging.getLogger("stablemtl.demo")
 
@@ -162,9 +162,9 @@ def main(argv: list[str] | None = None) -> Path:
     if args.prototype_steps:
         models["task prototype"] = train_prototype(args, out, train_dirs, args.prototype_steps)
         lap("task prototype")
-    # Interleave the test sources so that the first prediction grids show each of them.
-    test_sources = [list(load_source(d, augment=False)) for d in test_dirs]
-    test_samples = [s for group in itertools.zip_longest(*test_sources) for s in group if s is not None]
+    # Round robin over the test sources, as stablemtl-eval reads its --data folders: the first prediction
+    # grids show each source, and a later stablemtl-eval run on these folders pairs with this report.
+    test_samples = list(interleaved_rows([load_source(d, augment=False) for d in test_dirs]))
 
     single_reports = []
     if not args.skip_references:

@@ -33,6 +33,7 @@ from stablemtl.evaluation import (
 )
 from stablemtl.evaluation.depth_metrics import DEPTH_ALIGNMENTS
 from stablemtl.evaluation.flow_metrics import FLOW_ALIGNMENTS
+from stablemtl.utils.interleave import interleaved_count, interleaved_rows
 
 logger = logging.getLogger("stablemtl.eval")
 
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         action="append",
         default=[],
-        help="source: a data folder, configs/data/<set>.yaml, 'reader:root' or 'hub:id' (repeat to chain)",
+        help="source: a data folder, configs/data/<set>.yaml, 'reader:root' or 'hub:id' "
+        "(repeat to add several; read round robin)",
     )
     p.add_argument("--tasks", nargs="+", default=None, help="tasks to score (default: every labelled task)")
     p.add_argument(
@@ -231,8 +233,9 @@ def _pipeline_class_name(config: dict, where: str) -> str:
     return class_name
 
 
-class ChainedSamples:
-    """Samples of several data folders in order, at most ``limit`` from each (sized, re-iterable)."""
+class InterleavedSamples:
+    """Samples of several data folders, round robin (row 0 of each, then row 1, ...: the demo's order), at
+    most ``limit`` from each; sized and re-iterable."""
 
     def __init__(self, paths: Sequence[str], limit: int | None = None) -> None:
         from stablemtl.data import load_source
@@ -243,19 +246,15 @@ class ChainedSamples:
         self.limit = limit
 
     def __len__(self) -> int:
-        sizes = [len(s) for s in self.sources]
-        return sum(sizes) if self.limit is None else sum(min(n, self.limit) for n in sizes)
+        return interleaved_count(self.sources, self.limit)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for source in self.sources:
-            count = len(source) if self.limit is None else min(len(source), self.limit)
-            for index in range(count):
-                yield source[index]
+        return interleaved_rows(self.sources, self.limit)
 
 
-def load_samples(paths: Sequence[str], limit: int | None = None) -> ChainedSamples:
-    """The ``--data`` folders as one iterable of Sample dicts."""
-    return ChainedSamples(paths, limit)
+def load_samples(paths: Sequence[str], limit: int | None = None) -> InterleavedSamples:
+    """The ``--data`` folders as one iterable of Sample dicts, round robin across folders."""
+    return InterleavedSamples(paths, limit)
 
 
 def write_model_cards(folders: Sequence[str], reports: Sequence[dict[str, Any]], data: Sequence[str]) -> None:
