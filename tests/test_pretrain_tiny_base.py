@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "assets" / "stablemtl-tiny-base"
@@ -79,4 +80,8 @@ def test_recipe_script_runs_end_to_end_at_toy_scale(tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
     curve = json.loads((out / "vae_curve.json").read_text())
     assert [c["step"] for c in curve] == [1, 2] and all(c["psnr_depth"] > 0 for c in curve)
-    assert "`pretrain` split" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "`pretrain` split" in card and "| VAE step |" in card and "| 2 |" in card
+    for figure in ("vae_curve.png", "reconstructions.png"):
+        assert Image.open(out / figure).size[0] > 100, figure
+        assert f"]({figure})" in card

@@ -16,6 +16,9 @@ Run (through accelerate, as every training entry point of the toolkit)::
 
     accelerate launch train_scripts/pretrain_tiny_base.py --output_dir assets/stablemtl-tiny-base
 
+On a machine without a GPU, ``accelerate launch`` runs one thread per process unless ``OMP_NUM_THREADS`` is
+set (or ``--cpu`` is passed): set it to the number of cores, or training runs about 2x slower on 2 cores.
+
 The model card written beside the weights records the command, the steps and the measured
 reconstruction quality per task on held-out renders.
 
@@ -33,9 +36,7 @@ import argparse
 import json
 import logging
 import math
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -51,6 +52,7 @@ from stablemtl.data.synthetic import render_sample
 from stablemtl.models.latent_step import LatentStep
 from stablemtl.tasks import get_task
 from stablemtl.testing import tiny_sd_components, tiny_vae_config
+from stablemtl.utils.atomic import atomic_folder
 
 logger = logging.getLogger("pretrain_tiny_base")
 
@@ -256,7 +258,59 @@ def reconstruction_quality(vae, pool: dict) -> dict[str, float]:
     return report
 
 
-def write_model_card(out: Path, args, quality: dict, timings: dict, n_params: dict, command: str) -> None:
+def curve_table(curve: list[dict]) -> str:
+    """The held-out curve as a markdown table: a row per measured VAE step."""
+    kinds = [k for k in curve[0] if k != "step"]
+    head = "| VAE step | " + " | ".join(kinds) + " |\n|---|" + "---|" * len(kinds)
+    rows = [f"| {c['step']} | " + " | ".join(f"{c[k]:.2f}" for k in kinds) + " |" for c in curve]
+    return "\n".join([head, *rows])
+
+
+def plot_curve(curve: list[dict], path: Path) -> None:
+    """PNG of the held-out label PSNR (left) and semantic palette accuracy (right) against VAE steps."""
+    from matplotlib.figure import Figure
+
+    steps = [c["step"] for c in curve]
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    psnr, accuracy = fig.subplots(1, 2)
+    for kind in (k for k in curve[0] if k.startswith("psnr_")):
+        psnr.plot(steps, [c[kind] for c in curve], marker="o", label=kind.removeprefix("psnr_"))
+    psnr.axhline(30.0, color="grey", linestyle="--", linewidth=1, label="aim (30 dB)")
+    psnr.set(xlabel="VAE step", ylabel="PSNR on held-out renders (dB)")
+    psnr.legend(fontsize=7, ncol=2)
+    accuracy.plot(steps, [c["semantic_pixel_accuracy"] for c in curve], marker="o")
+    accuracy.axhline(99.0, color="grey", linestyle="--", linewidth=1, label="aim (99 %)")
+    accuracy.set(xlabel="VAE step", ylabel="semantic palette accuracy (%)")
+    accuracy.legend(fontsize=7)
+    fig.savefig(path, dpi=100)
+
+
+@torch.no_grad()
+def plot_reconstructions(vae, pool: dict, path: Path) -> None:
+    """PNG of the first held-out image of each kind (top) and its VAE round trip (bottom)."""
+    from matplotlib.figure import Figure
+
+    kinds = [k for k in pool if k != "captions"]
+    step = LatentStep(vae)
+    fig = Figure(figsize=(1.6 * len(kinds), 3.4), layout="constrained")
+    axes = fig.subplots(2, len(kinds), squeeze=False)
+    for column, kind in enumerate(kinds):
+        image = pool[kind][:1]
+        recon = step.decode(step.encode(image)).clamp(-1, 1)
+        for row, picture in enumerate((image, recon)):
+            axes[row, column].imshow(((picture[0] + 1) / 2).permute(1, 2, 0).numpy())
+            axes[row, column].set_axis_off()
+        axes[0, column].set_title(kind, fontsize=8)
+    for row, name in enumerate(("rendered", "VAE round trip")):
+        axes[row, 0].text(
+            -0.1, 0.5, name, rotation=90, va="center", ha="right", transform=axes[row, 0].transAxes
+        )
+    fig.savefig(path, dpi=100)
+
+
+def write_model_card(
+    out: Path, args, quality: dict, timings: dict, n_params: dict, command: str, curve: list[dict]
+) -> None:
     rows = "\n".join(f"| {k} | {v:.2f} |" for k, v in sorted(quality.items()))
     missed = [f"psnr_{t}" for t in QUALITY_TASKS if quality[f"psnr_{t}"] < 30.0]
     missed += ["semantic_pixel_accuracy"] if quality["semantic_pixel_accuracy"] < 99.0 else []
@@ -267,8 +321,11 @@ def write_model_card(out: Path, args, quality: dict, timings: dict, n_params: di
         "the levers (`--vae_channels`, `--vae_layers_per_block`, `--vae_steps`)."
     )
     params = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in n_params.items())
-    curve_note = (
-        f"every {args.measure_every} VAE steps, in `vae_curve.json`" if args.measure_every else "none"
+    curve_section = (
+        f"\n## Held-out curve (every {args.measure_every} VAE steps; `vae_curve.json`, `vae_curve.png`)\n"
+        f"![held-out reconstruction against VAE steps](vae_curve.png)\n\n{curve_table(curve)}\n"
+        if curve
+        else ""
     )
     (out / "README.md").write_text(f"""---
 license: apache-2.0
@@ -288,6 +345,8 @@ Parameters: {params}.
 ```bash
 {command}
 ```
+(on a machine without a GPU, set `OMP_NUM_THREADS` to its number of cores first: `accelerate launch`
+otherwise gives the process one thread.)
 - Data: {args.n_scenes} renders per profile ({", ".join(PROFILES)}) at {args.resolution}x{args.resolution}
   px, the dedicated `pretrain` split (every label; a random stream no training or evaluation split
   reproduces), seed {args.seed}; both frames of each pair are RGB training images. Label images make
@@ -298,12 +357,12 @@ Parameters: {params}.
   reconstruction (decoded from the posterior mean) of RGB images **and** of every task's label
   image (`Task.encode`), KL weight
   {args.vae_kl_weight}. `scaling_factor` = 1 / std of the posterior means = {quality["scaling_factor"]:.4f}.
-- Held-out curve: {curve_note}.
 - UNet: {args.unet_steps} AdamW steps (lr {args.unet_lr}, warm-up + cosine, batch
   {args.train_batch_size}), epsilon-prediction DDPM denoising of RGB latents conditioned on the captions
   {sorted(CAPTIONS.values())}.
 - Text encoder: seeded random initialisation, frozen (as SD's text encoder is frozen).
-- Time on a 2-core CPU (shared with other jobs): VAE {timings["vae"]:.0f} s, UNet {timings["unet"]:.0f} s.
+- Time on a 2-core CPU, no GPU: VAE {timings["vae"]:.0f} s (held-out measurements included), UNet
+  {timings["unet"]:.0f} s.
 
 ## Reconstruction on held-out test renders ({args.n_eval_scenes} per profile, seed {args.eval_seed})
 PSNR in dB over images in [-1, 1] (data range 2); semantic accuracy is the palette decoding of the
@@ -313,8 +372,10 @@ reconstructed label image against the true class ids, in %.
 |---|---|
 {rows}
 
-Aims: >= 30 dB on depth, normal, albedo and shading, >= 99 % semantic pixel accuracy. {aims}
+![held-out renders (top) and their VAE round trip (bottom)](reconstructions.png)
 
+Aims: >= 30 dB on depth, normal, albedo and shading, >= 99 % semantic pixel accuracy. {aims}
+{curve_section}
 Licence: Apache-2.0 (code and weights).
 """)
 
@@ -373,24 +434,25 @@ def main(argv: list[str] | None = None) -> Path:
         pipe = StableDiffusionPipeline(
             **{**components, "unet": accelerator.unwrap_model(unet), "vae": accelerator.unwrap_model(vae)}
         )
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent if out.parent.exists() else None))
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
-        quality["size_mb"] = size / 2**20
-        if size > 40 * 2**20:  # the asset budget of the embedded base (tests/test_pretrain_tiny_base.py)
-            logger.warning("the base is %.1f MB, over the 40 MB budget of assets/", size / 2**20)
-        n_params = {
-            name: sum(p.numel() for p in m.parameters())
-            for name, m in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder))
-        }
-        command = "accelerate launch train_scripts/pretrain_tiny_base.py " + " ".join(argv or sys.argv[1:])
-        write_model_card(tmp, args, quality, timings, n_params, command.strip())
-        (tmp / "quality.json").write_text(json.dumps(quality, indent=1))
-        if curve:
-            (tmp / "vae_curve.json").write_text(json.dumps(curve, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)  # atomic on one file system: a reader sees the old folder or the new one
+        with atomic_folder(out) as tmp:  # a reader sees the old base or the new one, never half of it
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+            quality["size_mb"] = size / 2**20
+            if size > 40 * 2**20:  # the asset budget of the embedded base (tests/test_pretrain_tiny_base.py)
+                logger.warning("the base is %.1f MB, over the 40 MB budget of assets/", size / 2**20)
+            n_params = {
+                name: sum(p.numel() for p in m.parameters())
+                for name, m in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder))
+            }
+            command = " ".join(
+                ["accelerate launch train_scripts/pretrain_tiny_base.py", *(argv or sys.argv[1:])]
+            )
+            write_model_card(tmp, args, quality, timings, n_params, command, curve)
+            (tmp / "quality.json").write_text(json.dumps(quality, indent=1))
+            plot_reconstructions(vae, eval_pool, tmp / "reconstructions.png")
+            if curve:
+                (tmp / "vae_curve.json").write_text(json.dumps(curve, indent=1))
+                plot_curve(curve, tmp / "vae_curve.png")
     accelerator.wait_for_everyone()
     return out
 
