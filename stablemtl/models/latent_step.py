@@ -24,6 +24,8 @@ import torch
 from diffusers import AutoencoderKL
 from diffusers.utils.torch_utils import randn_tensor
 
+from stablemtl.models.latent_cache import LatentCache
+
 SECOND_FRAME_MODES = ("duplicate", "zero")
 INPUT_NOISE_MODES = ("deterministic", "random")
 
@@ -69,11 +71,16 @@ class LatentStep:
     Args:
         vae: the frozen ``AutoencoderKL``.
         settings: the :class:`LatentStepSettings` (timestep, second-frame fallback, input noise).
+        cache: a :class:`~stablemtl.models.latent_cache.LatentCache` that :meth:`encode` serves images it
+            met before from (training of a frozen VAE); None encodes every image.
     """
 
-    def __init__(self, vae: AutoencoderKL, settings: LatentStepSettings | None = None):
+    def __init__(
+        self, vae: AutoencoderKL, settings: LatentStepSettings | None = None, cache: LatentCache | None = None
+    ):
         self.vae = vae
         self.settings = settings or LatentStepSettings()
+        self.cache = cache
 
     @property
     def scaling_factor(self) -> float:
@@ -87,8 +94,11 @@ class LatentStep:
         ``vae_dtype``: the encoder's dtype when the caller knows it (saves a walk over the VAE's modules).
         """
         vae_dtype = self.vae.dtype if vae_dtype is None else vae_dtype
-        posterior = self.vae.encode(images.to(vae_dtype)).latent_dist
-        return posterior.mode() * self.scaling_factor
+
+        def encoder(x: torch.Tensor) -> torch.Tensor:
+            return self.vae.encode(x.to(vae_dtype)).latent_dist.mode() * self.scaling_factor
+
+        return encoder(images) if self.cache is None else self.cache.encode(images, encoder)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

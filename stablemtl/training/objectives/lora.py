@@ -74,6 +74,7 @@ class TaskLoRAObjective(StableMTLObjective):
         pipe: the pipeline to adapt; its UNet is frozen and gets the adapters.
         settings: the adapters' ranks, layers, targets and tasks.
         training_info: facts for the model card.
+        latent_cache_mb: host memory for latents of images met before (as in the stage-1 objective).
     """
 
     # A micro-batch of task m leaves the other tasks' adapters and gates without a gradient.
@@ -84,8 +85,9 @@ class TaskLoRAObjective(StableMTLObjective):
         pipe: StableMTLPipeline,
         settings: TaskLoRASettings,
         training_info: Mapping[str, Any] | None = None,
+        latent_cache_mb: float = 0.0,
     ):
-        super().__init__(pipe, training_info)
+        super().__init__(pipe, training_info, latent_cache_mb)
         self.lora = pipe.install_task_lora(settings)
         self.info["lora"] = settings.to_dict()
 
@@ -137,6 +139,6 @@ def lora_objective_factory(lora_config: LoRATrainConfig):
     def factory(tasks: list[str], config: TrainConfig, resolution: int) -> TaskLoRAObjective:
         settings = lora_config.settings(tasks, config.seed)
         base = stage1_objective(tasks, config, resolution)
-        return TaskLoRAObjective(base.pipe, settings, base.info)
+        return TaskLoRAObjective(base.pipe, settings, base.info, config.latent_cache_mb)
 
     return factory

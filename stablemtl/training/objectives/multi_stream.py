@@ -73,6 +73,7 @@ class MultiStreamObjective(StableMTLObjective):
         pipe: the multi-stream pipeline (e.g. ``StableMTLMultiStreamPipeline.from_stage1``).
         config: the stage-2 settings (masking, which parts train).
         training_info: facts recorded in the saved pipeline's model card.
+        latent_cache_mb: host memory for latents of images met before (as in the stage-1 objective).
     """
 
     # Each micro-batch trains one main task: the other tasks' query MLPs (and, with exclude_main_task, the
@@ -84,8 +85,9 @@ class MultiStreamObjective(StableMTLObjective):
         pipe: StableMTLMultiStreamPipeline,
         config: MultiStreamConfig | None = None,
         training_info: Mapping[str, Any] | None = None,
+        latent_cache_mb: float = 0.0,
     ):
-        super().__init__(pipe, training_info)
+        super().__init__(pipe, training_info, latent_cache_mb)
         self.config = config or MultiStreamConfig()
         self.seed = int(self.info.get("seed", 0))
         self.model = pipe.multistream
@@ -192,6 +194,7 @@ class MultiStreamObjective(StableMTLObjective):
 
     def save_model(self, modules: Mapping[str, torch.nn.Module], output_dir: Path) -> None:
         """Save the multi-stream pipeline with the trained main UNet and task attention."""
+        self.log_latent_cache()
         model = modules["multistream"]
         self.pipe.register_modules(
             unet=model.unet, aux_unet=model.aux_unet, task_attention=model.task_attention
@@ -257,4 +260,4 @@ def stage2_objective(
         settings = lora.settings(tasks, config.seed)
         pipe.install_task_lora(settings)
         info["lora"] = settings.to_dict()
-    return MultiStreamObjective(pipe, model_config, info)
+    return MultiStreamObjective(pipe, model_config, info, config.latent_cache_mb)

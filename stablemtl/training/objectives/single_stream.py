@@ -17,6 +17,7 @@ ablation (the groups share a source, hence a resolution; the task prompts are pa
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 
+from stablemtl.models.latent_cache import LatentCache
 from stablemtl.models.latent_step import LatentStep
 from stablemtl.pipelines.pipeline_stablemtl import StableMTLPipeline
 from stablemtl.tasks import get_task
@@ -31,6 +33,8 @@ from stablemtl.training.components import load_pipeline
 from stablemtl.training.config import TrainConfig
 from stablemtl.training.loss import masked_latent_mse
 from stablemtl.training.objectives.base import Objective
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,13 +61,23 @@ class StableMTLObjective(Objective):
         pipe: the ``StableMTLPipeline`` being trained; its config carries the latent-step settings
             (timestep, second_frame, input_noise), so the saved pipeline infers as it was trained.
         training_info: facts recorded in the saved pipeline's model card.
+        latent_cache_mb: keep the frozen VAE's latents of images met before, up to this many MB in host
+            memory (``--latent_cache_mb``, :mod:`stablemtl.models.latent_cache`); 0 encodes every image.
     """
 
-    def __init__(self, pipe: StableMTLPipeline, training_info: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        pipe: StableMTLPipeline,
+        training_info: Mapping[str, Any] | None = None,
+        latent_cache_mb: float = 0.0,
+    ):
+        if latent_cache_mb < 0:
+            raise ValueError(f"latent_cache_mb must be >= 0, got {latent_cache_mb}")
         self.pipe = pipe
         self.step = pipe.latent_step
         self.info = dict(training_info or {})
         self.dtype = pipe.vae.dtype
+        self.latent_cache_mb = latent_cache_mb
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
         return {"unet": self.pipe.unet}
@@ -74,8 +88,15 @@ class StableMTLObjective(Objective):
         vae = self.pipe.vae
         if weight_dtype != vae.dtype:
             vae = copy.deepcopy(vae).to(dtype=weight_dtype)
-        self.step = LatentStep(vae.to(device), self.step.settings)
+        cache = LatentCache(int(self.latent_cache_mb * 2**20)) if self.latent_cache_mb else None
+        self.step = LatentStep(vae.to(device), self.step.settings, cache)
         self.dtype = weight_dtype
+
+    def log_latent_cache(self) -> None:
+        """Log how many VAE encodings the latent cache saved (nothing without a cache)."""
+        cache = self.step.cache
+        if cache is not None:
+            logger.info(cache.memo.summary())
 
     @torch.no_grad()
     def prepare(self, groups: Sequence[Mapping]) -> PreparedBatch:
@@ -151,6 +172,7 @@ class StableMTLObjective(Objective):
     def save_model(self, modules: Mapping[str, torch.nn.Module], output_dir: Path) -> None:
         """Save the pipeline with the trained UNet. The VAE is saved as ``pipe`` holds it (float32: the
         encoding copy of :meth:`setup` is not saved), so the saved VAE is the base's, bit for bit."""
+        self.log_latent_cache()
         self.pipe.register_modules(unet=modules["unet"])
         if self.pipe.vae.dtype != torch.float32:
             self.pipe.vae.to(dtype=torch.float32)
@@ -181,4 +203,4 @@ def stage1_objective(tasks: list[str], config: TrainConfig, resolution: int) -> 
         "task_sampling": config.task_sampling,
         "task_grouping": config.task_grouping,
     }
-    return StableMTLObjective(pipe, info)
+    return StableMTLObjective(pipe, info, config.latent_cache_mb)
