@@ -12,6 +12,7 @@ from stablemtl.data import (
     render_sample,
 )
 from stablemtl.data.augment import color_jitter
+from stablemtl.utils.memo import ByteBudgetMemo
 
 ALWAYS_H = Augmentation(hflip=True, vflip=False, flip_p=1.0)
 ALWAYS_V = Augmentation(hflip=False, vflip=True, flip_p=1.0)
@@ -89,6 +90,31 @@ def test_loader_augmentation_is_seeded_per_epoch(tmp_path):
     assert any(not torch.equal(a, ds[i]["image"]) for i, a in enumerate(first))
     street = load_source(make_dataset("street", 1, tmp_path / "s", size=16), augment=True)
     assert not street.augmentation.vflip and street.augmentation.hflip
+
+
+def test_a_row_memo_serves_copies_of_the_decoded_rows(tmp_path):
+    folder = make_dataset("street", 3, tmp_path / "s", size=16, seed=0)
+    plain, memoised = load_source(folder, augment=True, seed=2), load_source(folder, augment=True, seed=2)
+    memoised.row_memo = ByteBudgetMemo(2**20, "rows")
+    for _ in range(2):
+        for index, task in ((0, "depth"), (1, None), (-1, "normal")):
+            a, b = plain.item(index, task), memoised.item(index, task)
+            assert a.keys() == b.keys() and a["labels"].keys() == b["labels"].keys()
+            assert torch.equal(a["image"], b["image"]) and all(
+                torch.equal(a["labels"][t], b["labels"][t]) and torch.equal(a["valid"][t], b["valid"][t])
+                for t in a["labels"]
+            )
+    assert (memoised.row_memo.hits, memoised.row_memo.misses, len(memoised.row_memo)) == (3, 3, 3)
+    # A caller may change what it got, in place: the memo keeps the row as decoded.
+    sample = memoised.raw(0, "depth")
+    sample["image"].zero_()
+    sample["labels"]["depth"].mul_(2)
+    del sample["valid"]["depth"]
+    assert torch.equal(memoised.raw(0, "depth")["labels"]["depth"], plain.raw(0, "depth")["labels"]["depth"])
+    assert torch.equal(memoised.raw(0, "depth")["image"], plain.raw(0, "depth")["image"])
+    assert "depth" in memoised.raw(0, "depth")["valid"]
+    with pytest.raises(IndexError, match="out of range"):
+        memoised.raw(3)
 
 
 def test_collate_task_batch(tmp_path):

@@ -20,8 +20,10 @@ from torch.utils.data import IterableDataset as TorchIterableDataset
 from stablemtl.data.augment import Augmentation, augment_sample
 from stablemtl.data.manifest import verify_data_files
 from stablemtl.data.profiles import get_profile, profile_names
+from stablemtl.data.sample_copy import copy_sample, sample_bytes
 from stablemtl.data.storage import LABEL_PREFIX, VALID_PREFIX, row_to_sample
 from stablemtl.tasks import check_tasks, get_task, task_names
+from stablemtl.utils.memo import ByteBudgetMemo
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,9 @@ class SourceDataset(TorchDataset):
     Attributes: ``source`` (profile name), ``tasks`` (labelled tasks, in registry order), ``path``,
     ``augmentation`` (None when ``augment=False``) and ``task_augmentation`` (per-task overrides used
     by ``item(index, task)``). Augmentation is a pure function of ``(seed, epoch, index)``: call
-    ``set_epoch`` each epoch for fresh draws.
+    ``set_epoch`` each epoch for fresh draws. Set ``row_memo`` (a
+    :class:`~stablemtl.utils.memo.ByteBudgetMemo`, may be shared by several sources) to keep decoded rows
+    in memory: decoding a row costs milliseconds, far more than copying it.
     """
 
     def __init__(self, table, path: str, augmentation: Augmentation | None, seed: int, tasks=None):
@@ -70,6 +74,7 @@ class SourceDataset(TorchDataset):
         self.epoch = 0
         self._task_column = None
         self._task_tables: dict[str, Any] = {}
+        self.row_memo: ByteBudgetMemo | None = None
 
     def __len__(self) -> int:
         return len(self._table)
@@ -86,9 +91,21 @@ class SourceDataset(TorchDataset):
 
     def raw(self, index: int, task: str | None = None) -> dict:
         """Row ``index`` as a Sample without augmentation (only the dataset's ``tasks`` kept; with ``task``,
-        only that task's label, and only its columns are read and decoded)."""
+        only that task's label, and only its columns are read and decoded). With a ``row_memo``, a row
+        read before is served from it: a copy, so the caller may change it."""
         if not -len(self) <= index < len(self):
             raise IndexError(f"row {index} is out of range for {len(self)} rows of {self.path}")
+        if self.row_memo is None:
+            return self._decode(index, task)
+        key = (self.path, int(index) % len(self), task)
+        sample = self.row_memo.get(key)
+        if sample is None:
+            sample = self._decode(index, task)
+            if not self.row_memo.put(key, sample, sample_bytes(sample)):
+                return sample  # not kept: no one else holds it
+        return copy_sample(sample)
+
+    def _decode(self, index: int, task: str | None) -> dict:
         where = f"row {index} of {self.path}"
         table = self._table if task is None else self._task_table(task)
         try:

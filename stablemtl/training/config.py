@@ -57,6 +57,7 @@ class TrainConfig:
     augment: bool = True
     resolution: int | None = None  # square crop side of training samples (random crop when augmenting)
     dataloader_num_workers: int = 0
+    row_cache_mb: float = 0.0  # memory for decoded rows of dataset folders; 0: decode every time
     # optimisation
     train_batch_size: int = 16
     gradient_accumulation_steps: int = 2
@@ -80,6 +81,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     allow_tf32: bool = False
     enable_xformers_memory_efficient_attention: bool = False
+    latent_cache_mb: float = 0.0  # host memory for VAE latents of images met before; 0: encode every time
     # bookkeeping
     output_dir: str = "runs/stage1"
     overwrite_output_dir: bool = False  # start afresh in a folder that holds another run's checkpoints
@@ -105,6 +107,9 @@ class TrainConfig:
         for name in (*positive, "checkpointing_steps", "validation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("latent_cache_mb", "row_cache_mb"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.num_validation_images < 0:
             raise ValueError(f"num_validation_images must be >= 0, got {self.num_validation_images}")
         choices = {
@@ -203,6 +208,12 @@ HELP = {
     "gradient_checkpointing": "trade compute for memory in the UNet",
     "allow_tf32": "allow TF32 matmuls on Ampere+ GPUs",
     "enable_xformers_memory_efficient_attention": "xformers attention (CUDA only; SDPA is used otherwise)",
+    "row_cache_mb": "keep decoded rows of dataset folders (before augmentation) in up to this many MB of "
+    "memory per process (each data-loader worker keeps its own) instead of decoding them again; readers of "
+    "real data sets decode every time; 0 decodes every row",
+    "latent_cache_mb": "keep the frozen VAE's latents of frames and labels met before (flip states included; "
+    "colour-jittered frames never repeat) in up to this many MB of host memory, instead of encoding them "
+    "again; 0 encodes every image",
     "output_dir": "run folder: checkpoints, logs, validation grids and the final pipeline",
     "overwrite_output_dir": "start a new run in an output_dir that holds another run's checkpoints "
     "(they are deleted); without it such a folder is refused unless you resume",

@@ -13,12 +13,13 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from stablemtl.data import collate_task_batch, load_source
+from stablemtl.data import SourceDataset, collate_task_batch, load_source
 from stablemtl.data.augment import crop_sample
 from stablemtl.data.label_protocols import apply_label_protocol
 from stablemtl.data.sampler import SourceInfo, TaskIsolatedSampler
 from stablemtl.tasks import task_names
 from stablemtl.training.config import TrainConfig
+from stablemtl.utils.memo import ByteBudgetMemo
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,12 @@ def build_training_data(
     if not config.train_data:
         raise ValueError("train_data is empty: pass --train_data DIR [DIR ...] (one folder per source)")
     datasets = [load_source(path, augment=config.augment, seed=config.seed) for path in config.train_data]
+    if config.row_cache_mb:
+        memo = ByteBudgetMemo(int(config.row_cache_mb * 2**20), "row cache")
+        for dataset in datasets:
+            if isinstance(dataset, SourceDataset):
+                dataset.row_memo = memo
+        logger.info("decoded rows of dataset folders are kept in up to %g MB of memory", config.row_cache_mb)
     tasks = resolve_tasks(config.tasks, [source_info(d) for d in datasets])
     datasets = apply_label_protocol(datasets, config.label_protocol, config.label_seed, tasks)
     if wrap_source is not None:
