@@ -26,14 +26,20 @@ def _done(folder: Path, index: str) -> bool:
     return False
 
 
+# Runs up to this many steps (a few minutes at most) checkpoint and validate only at their end; longer
+# ones also half way, so that an interrupted demo loses at most half a run.
+SHORT_RUN_STEPS = 200
+
+
 def _loop_settings(args, out: Path, name: str, data: Sequence[Path], steps: int, **extra: Any) -> dict:
+    every = steps if steps <= SHORT_RUN_STEPS else steps // 2
     settings = {
         "train_data": [str(d) for d in data],
         "output_dir": str(out / "models" / name),
         "seed": args.seed,
         "max_train_steps": steps,
-        "checkpointing_steps": max(1, steps // 2),
-        "validation_steps": max(1, steps // 2),
+        "checkpointing_steps": every,
+        "validation_steps": every,
     }
     if getattr(args, "validation_data", None):
         settings["validation_data"] = [str(d) for d in args.validation_data]
