@@ -69,7 +69,9 @@ def test_a_cached_run_serves_repeated_images_from_memory_and_ends_at_the_same_we
     assert moved > 0.1 and apart < 1e-3 * moved, (moved, apart)
 
 
-def test_a_row_cached_run_reads_each_row_once_and_ends_at_exactly_the_same_weights(street_assets, tmp_path):
+def test_a_row_cached_run_reads_each_row_once_and_ends_at_exactly_the_same_weights(
+    street_assets, tmp_path, caplog
+):
     decoded = []
     original = SourceDataset._decode
 
@@ -80,7 +82,8 @@ def test_a_row_cached_run_reads_each_row_once_and_ends_at_exactly_the_same_weigh
     plain, _ = _run(street_assets, tmp_path / "plain")
     SourceDataset._decode = counting
     try:
-        cached, _ = _run(street_assets, tmp_path / "cached", row_cache_mb=64)
+        with caplog.at_level(logging.INFO, logger="stablemtl"):
+            cached, _ = _run(street_assets, tmp_path / "cached", row_cache_mb=64)
     finally:
         SourceDataset._decode = original
     # Rows are copied out of the memo bit for bit, and augmentation is drawn after it: the same run.
@@ -89,6 +92,10 @@ def test_a_row_cached_run_reads_each_row_once_and_ends_at_exactly_the_same_weigh
     # whole are the loop's look at the resolution and validation's held-out row, outside the memo).
     training = [key for key in decoded if key[1] is not None]
     assert len(training) == len(set(training)) <= 6
+    # The end-of-run summary counts 21 lookups (the 20 training reads and the loop's look at row 0 for the
+    # resolution) and keeps 7 rows (the 6 training rows and row 0 whole).
+    (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("row cache: ")]
+    assert "% of 21 lookups" in summary and f"({len(training) + 1} entries" in summary, summary
 
 
 @pytest.mark.parametrize("name", ["latent_cache_mb", "row_cache_mb"])

@@ -33,7 +33,8 @@ class KeyedSources(Dataset):
     The epoch goes to the source's ``set_epoch`` (when it has one), whose augmentation is a pure function
     of ``(seed, epoch, index)``: a key always gives the same sample, in any worker, after any resume.
     With ``resolution`` every sample is cropped to a square of that side: at a random position drawn
-    from the same key (``random_crop``) or centred.
+    from the same key (``random_crop``) or centred. ``row_memo`` is the memo of decoded rows its source
+    folders share (``--row_cache_mb``), kept here for the end-of-run summary.
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class KeyedSources(Dataset):
     ):
         self.sources = list(sources)
         self.resolution, self.random_crop, self.seed = resolution, random_crop, seed
+        self.row_memo: ByteBudgetMemo | None = None
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.sources)
@@ -139,6 +141,7 @@ def build_training_data(
     if not config.train_data:
         raise ValueError("train_data is empty: pass --train_data DIR [DIR ...] (one folder per source)")
     datasets = [load_source(path, augment=config.augment, seed=config.seed) for path in config.train_data]
+    memo = None
     if config.row_cache_mb:
         memo = ByteBudgetMemo(int(config.row_cache_mb * 2**20), "row cache")
         for dataset in datasets:
@@ -172,6 +175,7 @@ def build_training_data(
         logger.warning("task_sampling='adaptive' reads data in the main process (dataloader_num_workers=0)")
         workers = 0
     keyed = KeyedSources(datasets, config.resolution, random_crop=config.augment, seed=config.seed)
+    keyed.row_memo = memo
     loader = DataLoader(
         keyed,
         batch_sampler=sampler,
@@ -180,3 +184,15 @@ def build_training_data(
         persistent_workers=workers > 0,
     )
     return sampler, loader, datasets
+
+
+def log_row_cache(loader: DataLoader) -> None:
+    """Log how many row decodes the row cache saved (nothing without one). With DataLoader workers each
+    worker holds its own copy of the memo, so the main process has no counts to report."""
+    memo = getattr(loader.dataset, "row_memo", None)
+    if memo is None:
+        return
+    if loader.num_workers:
+        logger.info("row cache: each of the %d DataLoader workers kept its own rows", loader.num_workers)
+    else:
+        logger.info(memo.summary())

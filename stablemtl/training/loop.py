@@ -33,7 +33,7 @@ from stablemtl.training.checkpointing import (
     save_checkpoint,
 )
 from stablemtl.training.config import TrainConfig
-from stablemtl.training.data import build_training_data
+from stablemtl.training.data import build_training_data, log_row_cache
 from stablemtl.training.objectives.base import Objective
 from stablemtl.training.schedule import get_warmup_exponential_scheduler
 from stablemtl.training.step import micro_step
@@ -299,6 +299,7 @@ def train(
         if ema is not None:
             ema.copy_to(_parameters(final))
         objective.save_model(final, output_dir)
+        log_row_cache(loader)
         atomic_write_text(output_dir / "training_config.json", config.to_json())
         if config.push_to_hub:
             push_folder_to_hub(
