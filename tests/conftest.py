@@ -1,7 +1,10 @@
 """Fixtures shared by the short training-run tests: a tiny SD base with one small street source, and a
-fresh accelerate state per test (in-process runs share accelerate's singletons)."""
+fresh accelerate state per test (in-process runs share accelerate's singletons); the base's recipe script."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,3 +31,15 @@ def fresh_accelerate(monkeypatch):
     yield
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+
+
+@pytest.fixture()
+def pretrain_script(monkeypatch):
+    """``train_scripts/pretrain_tiny_base.py`` as a module, its ``tiny_base_report`` importable beside it
+    (as when the script runs)."""
+    scripts = Path(__file__).resolve().parents[1] / "train_scripts"
+    monkeypatch.syspath_prepend(str(scripts))
+    spec = importlib.util.spec_from_file_location("pretrain_tiny_base", scripts / "pretrain_tiny_base.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,7 +1,6 @@
 """The embedded base in assets/ loads offline, fits the size budget, and its recipe script runs end to end
 (at toy scale: tests never retrain the shipped base)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,15 +10,6 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "assets" / "stablemtl-tiny-base"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location(
-        "pretrain_tiny_base", ROOT / "train_scripts" / "pretrain_tiny_base.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_shipped_base_loads_offline_with_sd_layout_and_fits_40_mb(monkeypatch):
@@ -36,8 +26,8 @@ def test_shipped_base_loads_offline_with_sd_layout_and_fits_40_mb(monkeypatch):
     assert "train_scripts/pretrain_tiny_base.py" in card and "psnr_depth" in card
 
 
-def test_shipped_vae_reconstructs_task_images_better_than_a_fresh_one():
-    module = _load_script()
+def test_shipped_vae_reconstructs_task_images_better_than_a_fresh_one(pretrain_script):
+    module = pretrain_script
     pool = module.render_pool(n_scenes=1, resolution=64, seed=123)
     trained = AutoencoderKL.from_pretrained(BASE, subfolder="vae")
     fresh = AutoencoderKL(**{**trained.config})
@@ -51,8 +41,8 @@ def test_shipped_vae_reconstructs_task_images_better_than_a_fresh_one():
     assert quality["semantic_pixel_accuracy"] > 80.0
 
 
-def test_recipe_script_runs_end_to_end_at_toy_scale(tmp_path):
-    module = _load_script()
+def test_recipe_script_runs_end_to_end_at_toy_scale(tmp_path, pretrain_script):
+    module = pretrain_script
     out = module.main(
         [
             "--output_dir",

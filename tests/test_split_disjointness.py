@@ -4,7 +4,6 @@ stream, and the base's pre-training and the demo ask only for streams that no ev
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import zlib
 from pathlib import Path
 
@@ -25,14 +24,9 @@ def _fingerprint(profile: str, split: str, seed: int, index: int) -> tuple[int, 
     return tuple(scene_rng(profile, split, False, seed, index).integers(2**63, size=4).tolist())
 
 
-def _pretrain_keys(monkeypatch) -> set[tuple[str, str, int, int]]:
-    """The (profile, split, seed, index) rows that train_scripts/pretrain_tiny_base.py renders with its
-    default settings, recorded from its own render_pool."""
-    spec = importlib.util.spec_from_file_location(
-        "pretrain_tiny_base", ROOT / "train_scripts" / "pretrain_tiny_base.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def _pretrain_keys(module, monkeypatch) -> set[tuple[str, str, int, int]]:
+    """The (profile, split, seed, index) rows that train_scripts/pretrain_tiny_base.py (``module``) renders
+    with its default settings, recorded from its own render_pool."""
     keys = set()
 
     def record(profile, seed, size, split, index):
@@ -61,8 +55,10 @@ def _demo_keys(monkeypatch, tmp_path) -> set[tuple[str, str, int, int]]:
     return keys
 
 
-def test_pretraining_and_demo_training_streams_never_meet_an_evaluation_stream(monkeypatch, tmp_path):
-    pretrain = _pretrain_keys(monkeypatch)
+def test_pretraining_and_demo_training_streams_never_meet_an_evaluation_stream(
+    monkeypatch, tmp_path, pretrain_script
+):
+    pretrain = _pretrain_keys(pretrain_script, monkeypatch)
     demo_keys = _demo_keys(monkeypatch, tmp_path)
     assert {k[1] for k in pretrain} == {"pretrain"}
     assert {k[1] for k in demo_keys} == {"train", "validation", "test"}
