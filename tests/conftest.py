@@ -26,6 +26,16 @@ def street_assets(tmp_path_factory) -> dict:
 
 
 @pytest.fixture()
+def one_thread():
+    """One torch thread for the test (tiny tensors run fastest so on a shared 2-core machine), then the
+    machine's threads back for later tests."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
 def fresh_accelerate(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     yield

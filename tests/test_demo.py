@@ -3,14 +3,11 @@ LoRA, both baselines, references, evaluation and the report with its pictures.""
 
 import json
 
-import torch
-
 from stablemtl.cli.demo import main
 
 
-def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, monkeypatch):
+def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(1)
     report = main(
         [
             "--out",
