@@ -88,12 +88,13 @@ def test_a_row_cached_run_reads_each_row_once_and_ends_at_exactly_the_same_weigh
         SourceDataset._decode = original
     # Rows are copied out of the memo bit for bit, and augmentation is drawn after it: the same run.
     assert plain.keys() == cached.keys() and all(torch.equal(plain[k], cached[k]) for k in plain)
-    # 10 steps x 2 samples over 3 training rows x 2 tasks: each (row, task) decoded once (the rows read
-    # whole are the loop's look at the resolution and validation's held-out row, outside the memo).
+    # 10 steps x 2 samples over 3 training rows x 2 tasks: each (row, task) decoded once (rows read whole:
+    # the loop's look at row 0 for the resolution, through the memo, and validation's held-out row 3,
+    # outside it).
     training = [key for key in decoded if key[1] is not None]
     assert len(training) == len(set(training)) <= 6
     # The end-of-run summary counts 21 lookups (the 20 training reads and the loop's look at row 0 for the
-    # resolution) and keeps 7 rows (the 6 training rows and row 0 whole).
+    # resolution) and keeps each (row, task) read and row 0 whole.
     (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("row cache: ")]
     assert "% of 21 lookups" in summary and f"({len(training) + 1} entries" in summary, summary
 
