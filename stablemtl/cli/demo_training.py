@@ -1,7 +1,8 @@
 """The demo's training runs: each model of the comparison, trained through the shared loop.
 
 Every run writes its model folder under ``<out>/models/<name>`` and is reused when that folder is
-complete, so an interrupted ``make demo`` continues where it stopped. All runs share the demo's data,
+complete; a run that was interrupted resumes from its last checkpoint, so an interrupted ``make demo``
+continues where it stopped. All runs share the demo's data,
 batch size and seed (``configs/demo.yaml``); each model keeps its own learning rate and step budget.
 """
 
@@ -40,6 +41,7 @@ def _loop_settings(args, out: Path, name: str, data: Sequence[Path], steps: int,
         "max_train_steps": steps,
         "checkpointing_steps": every,
         "validation_steps": every,
+        "resume_from_checkpoint": "latest",  # a fresh run when there is no checkpoint yet
     }
     if getattr(args, "validation_data", None):
         settings["validation_data"] = [str(d) for d in args.validation_data]
