@@ -57,5 +57,9 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, monkeypatch, one_t
     lora = tmp_path / "models" / "stablemtl_s_lora"
     assert (lora / "pytorch_lora_weights.safetensors").is_file()
     assert json.loads((lora / "model_index.json").read_text())["training_info"]["max_train_steps"] == 7
-    phases = json.loads((tmp_path / "demo.json").read_text())["phase_seconds"]
-    assert {"StableMTL-S", "StableMTL-S LoRA", "references", "evaluation"} <= set(phases)
+    # The runs trained side by side in two worker processes (the default --jobs), each logging to a file.
+    demo = json.loads((tmp_path / "demo.json").read_text())
+    assert set(demo["phase_seconds"]) == {"render", "training", "evaluation"}
+    assert {"StableMTL-S", "StableMTL-S LoRA", "StableMTL", "single-task depth"} <= set(demo["run_seconds"])
+    assert demo["args"]["jobs"] == 2
+    assert "steps" in (tmp_path / "logs" / "stablemtl_s.log").read_text()  # the run's progress bar

@@ -11,6 +11,8 @@
 5. train one single-task reference per task on the same data with the same budget per task: stage 1
    cycles through T tasks, so each of its tasks gets ``steps / T`` optimizer steps, and so does each
    reference (``--reference_steps`` overrides this; all references together cost one stage-1 run);
+   steps 2-5 run side by side in ``--jobs`` worker processes (stablemtl/cli/parallel_runs.py), each
+   run's log in ``<out>/logs/``;
 6. score every model, a constant predictor (the trivial baseline every task must beat) and the
    encoding and ceiling rows (a perfect model without and with the base's VAE) with the one
    evaluator, and write ``report.md``, ``metrics.json`` and PNG pictures.
@@ -27,22 +29,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from stablemtl.cli.demo_training import (
-    demo_config_path,
-    train_hitt,
-    train_prototype,
-    train_stage1,
-    train_stage1_lora,
-    train_stage2,
-)
+from stablemtl.cli.demo_training import demo_config_path, training_runs
 from stablemtl.cli.evaluate import load_predictor
 from stablemtl.cli.help_format import DefaultsHelpFormatter
 from stablemtl.cli.oracles import oracle_predictors
+from stablemtl.cli.parallel_runs import run_all
 from stablemtl.data import load_source, make_dataset
 from stablemtl.evaluation import build_reference, evaluate_models, write_report
 from stablemtl.evaluation.trivial import ConstantPredictor
 from stablemtl.pipelines.pipeline_stablemtl import StableMTLPipeline
 from stablemtl.training.config import load_config
+from stablemtl.training.data import resolve_tasks, source_info
 from stablemtl.utils import atomic_write_text
 from stablemtl.utils.interleave import interleaved_rows
 
@@ -101,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--skip_references", action="store_true", help="train no single-task references")
     parser.add_argument("--seed", type=int, default=0, help="seed of data rendering, training and evaluation")
+    parser.add_argument(
+        "--jobs", type=int, default=2,
+        help="training runs side by side, each in a worker process on its share of the CPU threads (the "
+        "demo's small models train as fast on one thread as on two); 1: one by one in this process",
+    )  # fmt: skip
     return parser
 
 
@@ -147,40 +149,28 @@ def main(argv: list[str] | None = None) -> Path:
     lap("render")
     args.validation_data = validation_dirs  # every run validates on the held-out validation split
     stage1_steps = args.max_train_steps or load_config(demo_config_path(args)).max_train_steps
-    models = {"StableMTL-S": train_stage1(args, out, "stablemtl_s", train_dirs, None, stage1_steps)}
-    lap("StableMTL-S")
-    stage1 = StableMTLPipeline.from_pretrained(models["StableMTL-S"])
-    tasks = stage1.tasks
-    if args.lora_rank:
-        models["StableMTL-S LoRA"] = train_stage1_lora(args, out, train_dirs, stage1_steps)
-        lap("StableMTL-S LoRA")
-    if args.stage2_steps:
-        models["StableMTL"] = train_stage2(args, out, models["StableMTL-S"], train_dirs, args.stage2_steps)
-        lap("StableMTL")
-    if args.hitt_steps:
-        models["HiTT"] = train_hitt(args, out, train_dirs, args.hitt_steps)
-        lap("HiTT")
-    if args.prototype_steps:
-        models["task prototype"] = train_prototype(args, out, train_dirs, args.prototype_steps)
-        lap("task prototype")
+    tasks = resolve_tasks(None, [source_info(load_source(d)) for d in train_dirs])  # stage 1 trains them all
+    reference_steps = args.reference_steps or max(1, stage1_steps // len(tasks))
+    runs = training_runs(args, out, train_dirs, tasks, stage1_steps, reference_steps)
+    results = run_all(runs, args.jobs, out / "logs")
+    lap("training")
+    single_names = {task: f"single-task {task}" for task in tasks}
+    models = {r.name: results.folders[r.name] for r in runs if r.name not in single_names.values()}
+
     # Round robin over the test sources, as stablemtl-eval reads its --data folders: the first prediction
     # grids show each source, and a later stablemtl-eval run on these folders pairs with this report.
     test_samples = list(interleaved_rows([load_source(d, augment=False) for d in test_dirs]))
-
-    single_reports = []
-    if not args.skip_references:
-        steps = args.reference_steps or max(1, stage1_steps // len(tasks))
-        for task in tqdm(tasks, desc=f"single-task references ({steps} steps each)"):
-            folder = train_stage1(args, out, f"single_{task}", train_dirs, [task], steps)
-            single = StableMTLPipeline.from_pretrained(folder)
-            single_reports.append(
-                evaluate_models(
-                    {f"single-task {task}": single}, test_samples, [task], progress=False
-                ).reports[f"single-task {task}"]
-            )
+    single_reports = [
+        evaluate_models(
+            {name: StableMTLPipeline.from_pretrained(results.folders[name])},
+            test_samples,
+            [task],
+            progress=False,
+        ).reports[name]
+        for task, name in tqdm(single_names.items(), desc="score single-task references")
+        if name in results.folders
+    ]
     reference = build_reference(single_reports) if single_reports else None
-    lap("references")
-
     train_samples = [s for d in train_dirs for s in load_source(d, augment=False)]
     predictors = {name: load_predictor(str(folder)) for name, folder in models.items()}
     predictors["constant"] = ConstantPredictor.from_samples(train_samples)
@@ -196,6 +186,7 @@ def main(argv: list[str] | None = None) -> Path:
                 "args": {k: str(v) if isinstance(v, (Path, list)) else v for k, v in vars(args).items()},
                 "seconds": time.perf_counter() - start,
                 "phase_seconds": {k: round(v, 1) for k, v in phases.items()},
+                "run_seconds": {k: round(v, 1) for k, v in results.seconds.items()},
                 "models": {k: str(v) for k, v in models.items()},
             },
             indent=1,

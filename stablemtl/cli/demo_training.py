@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stablemtl.cli.parallel_runs import TrainingRun
 from stablemtl.resources import config_file
 from stablemtl.training import train
 from stablemtl.training.config import TrainConfig, load_config, load_configs
@@ -136,3 +137,68 @@ def train_prototype(args, out: Path, data: Sequence[Path], steps: int) -> Path:
     if _done(folder, "config.json"):
         return folder
     return train_loop(train_config, lambda tasks, *_: PrototypeObjective(model_config, tasks))
+
+
+def training_runs(
+    args, out: Path, data: Sequence[Path], tasks: Sequence[str], stage1_steps: int, reference_steps: int
+) -> list[TrainingRun]:
+    """Every training run of the demo, in the order of the report and, longest first, of their start:
+    StableMTL-S, its LoRA variant, StableMTL (after StableMTL-S), HiTT, the task-prototype model and one
+    single-task reference per task (``single-task <task>``)."""
+    runs = [
+        TrainingRun(
+            "StableMTL-S",
+            "stablemtl_s",
+            train_stage1,
+            (args, out, "stablemtl_s", data, None, stage1_steps),
+            stage1_steps,
+        )
+    ]
+    if args.lora_rank:
+        runs.append(
+            TrainingRun(
+                "StableMTL-S LoRA",
+                "stablemtl_s_lora",
+                train_stage1_lora,
+                (args, out, data, stage1_steps),
+                stage1_steps,
+            )
+        )
+    if args.stage2_steps:
+        stage1 = out / "models" / "stablemtl_s"
+        runs.append(
+            TrainingRun(
+                "StableMTL",
+                "stablemtl",
+                train_stage2,
+                (args, out, stage1, data, args.stage2_steps),
+                args.stage2_steps,
+                after=("StableMTL-S",),
+            )
+        )
+    if args.hitt_steps:
+        runs.append(
+            TrainingRun("HiTT", "hitt", train_hitt, (args, out, data, args.hitt_steps), 2 * args.hitt_steps)
+        )
+    if args.prototype_steps:
+        runs.append(
+            TrainingRun(
+                "task prototype",
+                "prototype",
+                train_prototype,
+                (args, out, data, args.prototype_steps),
+                args.prototype_steps,
+            )
+        )
+    if not args.skip_references:
+        runs += [
+            TrainingRun(
+                f"single-task {task}",
+                f"single_{task}",
+                train_stage1,
+                (args, out, f"single_{task}", data, [task], reference_steps),
+                reference_steps,
+            )
+            for task in tasks
+        ]
+    return runs
