@@ -49,6 +49,8 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, monkeypatch, one_t
         "optical_flow",
         "scene_flow",
     }
+    compared = [c["models"] for c in metrics["comparisons"]]
+    assert ["StableMTL", "StableMTL-S"] in compared and ["StableMTL-S", "HiTT"] in compared
     figures = {p.name for p in (tmp_path / "figures").iterdir()}
     assert "delta_m.png" in figures and any(name.startswith("grid_") for name in figures)
     # One budget per task: 7 stage-1 steps over 7 tasks give each reference 1 step.

@@ -107,3 +107,37 @@ def test_paired_delta_m_intervals_across_separate_evaluations(tmp_path):
     assert "interval" not in write_report(tmp_path / "x", fewer, reference)["delta_m"]["constant"]
     other = evaluate_models({"constant": constant}, samples, progress=False, bootstrap_resamples=100).reports
     assert "interval" not in write_report(tmp_path / "y", other, reference)["delta_m"]["constant"]
+
+
+def test_delta_m_difference_between_two_models_is_paired(tmp_path):
+    samples = [make_sample(seed, tasks=("depth", "normal")) for seed in range(8)]
+    constant = ConstantPredictor()
+    run = {"progress": False, "bootstrap_resamples": 200}
+    reference = build_reference(
+        list(evaluate_models({"constant ref": constant}, samples, **run).reports.values())
+    )
+    models = {"constant": constant, "constant again": ConstantPredictor(), "encoding": LabelOracle()}
+    reports = evaluate_models(models, samples, **run).reports
+    pairs = [("encoding", "constant"), ("constant", "constant again")]
+    payload = write_report(tmp_path, reports, reference, comparisons=pairs)
+    better, same = payload["comparisons"]
+    delta = payload["delta_m"]
+    assert better["models"] == ["encoding", "constant"] and better["tasks"] == ["depth", "normal"]
+    assert better["difference"] == pytest.approx(delta["encoding"]["delta_m"] - delta["constant"]["delta_m"])
+    assert 0 < better["interval"][0] <= better["difference"] <= better["interval"][1]
+    assert better["verdict"] == "better, outside noise"
+    # Two models that predict the same differ by 0 on every resample, although each Δm has an interval.
+    assert same["difference"] == 0 and same["interval"] == [0.0, 0.0]
+    assert same["verdict"].startswith("within noise")
+    low, high = delta["constant again"]["interval"]
+    assert high - low > 0
+    text = (tmp_path / "report.md").read_text()
+    assert f"- encoding − constant: {better['difference']:+.2f} Δm points [" in text
+    # Scored on other data than the reference: a difference, but no interval rather than a wrong one.
+    fewer = evaluate_models(models, samples[:7], **run).reports
+    unpaired = write_report(tmp_path / "x", fewer, reference, comparisons=pairs[:1])["comparisons"][0]
+    assert unpaired["difference"] is not None and "interval" not in unpaired
+    with pytest.raises(ValueError, match=r"\['nobody'\]"):
+        write_report(tmp_path / "y", reports, reference, comparisons=[("encoding", "nobody")])
+    with pytest.raises(ValueError, match="needs a reference"):
+        write_report(tmp_path / "z", reports, None, comparisons=pairs)

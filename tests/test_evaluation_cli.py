@@ -55,6 +55,30 @@ def test_cli_evaluates_merges_and_references(tmp_path, fake_io, capsys):
     # Every run carries the encoding row (a perfect model after the task encoding), never a reference.
     assert sum(m["name"].startswith("encoding (perfect model") for m in models) == 2
     assert "encoding" not in str(data["reference"])
+    # --compare: the Δm difference of two models of the report, with its paired interval.
+    evaluated = str(tmp_path / "eval" / "metrics.json")
+    compare = ["--merge", evaluated, "--reference", ref, "--compare", "oracle", "stl_depth"]
+    assert cli.main([*compare, "--merge", ref, "--out", str(tmp_path / "compared")]) == 0
+    (comparison,) = json.loads((tmp_path / "compared" / "metrics.json").read_text())["comparisons"]
+    assert comparison["models"] == ["oracle", "stl_depth"] and comparison["tasks"] == ["depth"]
+    assert comparison["difference"] == pytest.approx(100.0, abs=1e-3)
+    assert "- oracle − stl_depth: +100.00 Δm points" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="needs --reference"):
+        cli.main(["--merge", evaluated, "--compare", "oracle", "oracle", "--out", str(tmp_path / "c2")])
+    with pytest.raises(SystemExit, match=r"\['nobody'\]"):
+        cli.main(
+            [
+                "--merge",
+                evaluated,
+                "--reference",
+                ref,
+                "--compare",
+                "oracle",
+                "nobody",
+                "--out",
+                str(tmp_path),
+            ]
+        )
 
 
 def test_cli_argument_errors(tmp_path, fake_io):

@@ -177,7 +177,11 @@ def main(argv: list[str] | None = None) -> Path:
     predictors.update(oracle_predictors({"StableMTL-S": predictors["StableMTL-S"]}))
     evaluation = evaluate_models(predictors, test_samples, tasks, num_visuals=4, seed=args.seed)
     reports = {**evaluation.reports, **{r["name"]: r for r in single_reports}}
-    write_report(out, reports, reference, evaluation.visuals, title="stablemtl demo")
+    # The comparisons the demo is about, each with the paired interval of its Δm difference.
+    pairs = [("StableMTL", "StableMTL-S"), ("StableMTL-S LoRA", "StableMTL-S")]
+    pairs += [("StableMTL-S", baseline) for baseline in ("HiTT", "task prototype")]
+    comparisons = [(a, b) for a, b in pairs if a in models and b in models] if reference else []
+    write_report(out, reports, reference, evaluation.visuals, "stablemtl demo", comparisons)
     lap("evaluation")
     atomic_write_text(
         out / "demo.json",

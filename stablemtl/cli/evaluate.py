@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from stablemtl.cli.help_format import DefaultsHelpFormatter
-from stablemtl.cli.oracles import oracle_predictors
+from stablemtl.cli.oracles import CEILING_ROW, ENCODING_ROW, oracle_predictors
 from stablemtl.evaluation import (
     EvalConfig,
     build_reference,
@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference", action="append", default=[], help="metrics.json of single-task references for Δm"
     )
     p.add_argument("--merge", action="append", default=[], help="metrics.json whose models join the report")
+    p.add_argument(
+        "--compare", nargs=2, action="append", default=[], metavar=("A", "B"),
+        help="report how many Δm points model A beats model B by, with the paired bootstrap interval of that "
+        "difference (names as in the report; needs --reference; repeatable)",
+    )  # fmt: skip
     p.add_argument("--batch_size", type=int, default=4, help="images per model call")
     p.add_argument("--limit", type=int, default=None, help="at most N samples per --data (default: all)")
     p.add_argument("--num_grids", type=int, default=4, help="prediction grids to draw (first N samples)")
@@ -270,6 +275,21 @@ def write_model_cards(folders: Sequence[str], reports: Sequence[dict[str, Any]],
         logger.info("wrote the metrics of %s into %s", report["name"], card)
 
 
+def _check_comparisons(args: argparse.Namespace, names: Sequence[str]) -> None:
+    if not args.reference:
+        raise SystemExit("stablemtl-eval: --compare compares Δm, which needs --reference")
+    evaluated = [*names, *([] if args.no_oracles or not args.model else [ENCODING_ROW, CEILING_ROW])]
+    try:  # the report's names: the evaluated models', then the merged ones' (repeats get "#2")
+        known = [
+            r["name"] for r in merge_reports([*({"name": n, "tasks": {}} for n in evaluated), *args.merge])
+        ]
+    except ValueError as err:
+        raise SystemExit(f"stablemtl-eval: --merge: {err}") from None
+    unknown = sorted({n for pair in args.compare for n in pair} - set(known))
+    if unknown:
+        raise SystemExit(f"stablemtl-eval: --compare names {unknown}, not models of this report: {known}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -290,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise SystemExit(f"stablemtl-eval: --out {args.out!r} is a file, not a folder")
+    if args.compare:  # checked before the (long) evaluation, as the reference is
+        _check_comparisons(args, names)
     reference = None
     if args.reference:  # checked before the (long) evaluation, not after it
         try:
@@ -337,8 +359,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             raise SystemExit(f"stablemtl-eval: error: nothing was scored ({reasons or 'no task labelled'})")
     reports = merge_reports([*reports, *args.merge])
-    payload = write_report(args.out, reports, reference, visuals, title=args.title)
-    summary = render_markdown(reports, reference, payload["delta_m"], {}, args.title)
+    try:
+        payload = write_report(
+            args.out, reports, reference, visuals, args.title, [tuple(c) for c in args.compare]
+        )
+    except ValueError as err:
+        raise SystemExit(f"stablemtl-eval: {err}") from None
+    summary = render_markdown(reports, reference, payload["delta_m"], {}, args.title, payload["comparisons"])
     sys.stdout.write(summary.split("## Settings")[0])
     logger.info("wrote %s", Path(args.out) / "report.md")
     return 0

@@ -168,23 +168,69 @@ def _delta_m_interval(
 ) -> dict[str, Any]:
     """The paired bootstrap interval of a Δm: the model's and the reference's primary metrics on the same
     resamples give one Δm per resample. Empty when the two were not scored on the same resamples."""
+    draws = _delta_m_draws(report, reference, tasks)
+    bounds = None if draws is None else interval(draws, float(report["bootstrap"].get("level", 0.95)))
+    if bounds is None:
+        return {}
+    return {"interval": bounds, "verdict": verdict(*bounds)}
+
+
+def _delta_m_draws(
+    report: Mapping[str, Any], reference: Mapping[str, Mapping[str, Any]], tasks: Sequence[str]
+) -> list[float] | None:
+    """Δm over ``tasks`` on each bootstrap resample (NaN where a value is not finite), or None when the
+    report and the reference were not scored on the same resamples."""
     settings = report.get("bootstrap")
     model_values = {t: (report["tasks"][t].get("bootstrap") or {}).get("values") for t in tasks}
     if not all(model_values.values()) or not all(
         reference[t].get("bootstrap") and same_resamples(settings, reference[t].get("bootstrap_settings"))
         for t in tasks
     ):
-        return {}
+        return None
     draws = []
     for b in range(int(settings["resamples"])):
         metrics = {t: model_values[t][b] for t in tasks}
         refs = {t: reference[t]["bootstrap"][b] for t in tasks}
         finite = all(math.isfinite(v) and v != 0 for v in (*metrics.values(), *refs.values()))
         draws.append(delta_m(metrics, refs) if finite else math.nan)
-    bounds = interval(draws, float(settings.get("level", 0.95)))
-    if bounds is None:
-        return {}
-    return {"interval": bounds, "verdict": verdict(*bounds)}
+    return draws
+
+
+def delta_m_difference(
+    a: Mapping[str, Any], b: Mapping[str, Any], reference: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """How much model ``a`` beats model ``b`` in Δm points against one ``reference``, with its interval.
+
+    Both Δm are taken over the tasks that ``a``, ``b`` and the reference all score, so that the two are
+    comparable. When the three were scored on the same resamples, the difference is resampled jointly
+    (one Δm(a) − Δm(b) per resample), which is narrower than comparing two Δm intervals: the images that
+    are hard for one model are mostly hard for the other. Returns ``{"models": [a, b], "tasks",
+    "difference"}`` plus ``"interval"`` and ``"verdict"`` when paired; ``difference`` is None when they
+    share no scored task.
+    """
+    names = [str(a.get("name", "model")), str(b.get("name", "model"))]
+    table = delta_m_table([a, b], reference)
+    tasks = sorted(set(table[names[0]]["tasks"]) & set(table[names[1]]["tasks"]))
+    if not tasks:
+        return {"models": names, "tasks": [], "difference": None}
+    rows = {
+        name: delta_m_table([r], {t: reference[t] for t in tasks})[name] for name, r in zip(names, (a, b))
+    }
+    out: dict[str, Any] = {
+        "models": names,
+        "tasks": tasks,
+        "difference": rows[names[0]]["delta_m"] - rows[names[1]]["delta_m"],
+    }
+    draws = [_delta_m_draws(r, reference, tasks) for r in (a, b)]
+    if (
+        draws[0] is not None
+        and draws[1] is not None
+        and same_resamples(a.get("bootstrap"), b.get("bootstrap"))
+    ):
+        bounds = interval([x - y for x, y in zip(*draws)], float(a["bootstrap"].get("level", 0.95)))
+        if bounds is not None:
+            out.update(interval=bounds, verdict=verdict(*bounds))
+    return out
 
 
 def _restore_nan(value: Any) -> Any:

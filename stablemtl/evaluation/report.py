@@ -13,7 +13,7 @@ from typing import Any
 from stablemtl.evaluation.delta import DELTA_M_FORMULA
 from stablemtl.evaluation.evaluator import VisualSample
 from stablemtl.evaluation.plots import delta_m_chart, prediction_grid, task_metrics_chart
-from stablemtl.evaluation.references import REPORT_FORMAT, delta_m_table
+from stablemtl.evaluation.references import REPORT_FORMAT, delta_m_difference, delta_m_table
 from stablemtl.evaluation.versions import package_versions, utc_timestamp
 from stablemtl.tasks import get_task, task_names
 from stablemtl.utils import atomic_write_text
@@ -32,6 +32,7 @@ def write_report(
     reference: Mapping[str, Mapping[str, Any]] | None = None,
     visuals: Sequence[VisualSample] = (),
     title: str = "stablemtl evaluation",
+    comparisons: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """Write ``metrics.json``, ``report.md`` and PNGs (``figures/``) into ``out_dir``; return the JSON dict.
 
@@ -40,10 +41,20 @@ def write_report(
             list or ``{name: report}``.
         reference: Δm reference from ``build_reference`` (None: no Δm column).
         visuals: samples with predictions, one grid PNG each.
+        comparisons: pairs of model names ``(a, b)``: how many Δm points ``a`` beats ``b`` by, with the
+            paired interval of that difference (``delta_m_difference``); needs ``reference``.
     """
     reports = list(reports.values()) if isinstance(reports, Mapping) else list(reports)
     if not reports:
         raise ValueError("reports is empty: evaluate a model first")
+    by_name = {r.get("name"): r for r in reports}
+    unknown = sorted({n for pair in comparisons for n in pair} - set(by_name))
+    if unknown:
+        raise ValueError(
+            f"comparisons name models {unknown} that are not in the report; models: {list(by_name)}"
+        )
+    if comparisons and not reference:
+        raise ValueError("comparisons compare Δm, which needs a reference")
     out = Path(out_dir)
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -57,6 +68,9 @@ def write_report(
         "models": reports,
         "reference": dict(reference) if reference else None,
         "delta_m": delta,
+        "comparisons": [delta_m_difference(by_name[a], by_name[b], reference) for a, b in comparisons]
+        if reference
+        else [],
     }
     atomic_write_text(out / "metrics.json", json.dumps(_json_ready(payload), indent=2, allow_nan=False))
 
@@ -72,7 +86,8 @@ def write_report(
         name = f"grid_{i:03d}_{_slug(visual.source)}.png"
         prediction_grid(visual, figures / name)
         pictures["grids"].append(f"figures/{name}")
-    atomic_write_text(out / "report.md", render_markdown(reports, reference, delta, pictures, title))
+    markdown = render_markdown(reports, reference, delta, pictures, title, payload["comparisons"])
+    atomic_write_text(out / "report.md", markdown)
     return payload
 
 
@@ -104,14 +119,41 @@ def _noise_lines(reports, delta) -> list[str]:
     return lines + ([*verdicts, ""] if verdicts else [])
 
 
+def _comparison_lines(comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per compared pair: the Δm difference, its paired interval and what it means."""
+    lines = []
+    for c in comparisons:
+        a, b = c["models"]
+        if c["difference"] is None:
+            lines.append(f"- {a} − {b}: no Δm over a common task.")
+            continue
+        text = f"- {a} − {b}: {c['difference']:+.2f} Δm points"
+        if c.get("interval"):
+            low, high = c["interval"]
+            text += f" [{low:+.2f}, {high:+.2f}]: {a} {c['verdict']}"
+        text += f" ({len(c['tasks'])} tasks)."
+        lines.append(text)
+    if not lines:
+        return []
+    return [
+        "Differences between models, in Δm points over the tasks both score (brackets: paired bootstrap "
+        "interval of the difference, on the same resamples):",
+        "",
+        *lines,
+        "",
+    ]
+
+
 def render_markdown(
     reports: Sequence[Mapping[str, Any]],
     reference: Mapping[str, Mapping[str, Any]] | None,
     delta: Mapping[str, Mapping[str, Any]] | None,
     pictures: Mapping[str, Sequence[str]],
     title: str = "stablemtl evaluation",
+    comparisons: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-    """The Markdown report: summary table (models x tasks, primary metrics, Δm), settings, per-task tables."""
+    """The Markdown report: summary table (models x tasks, primary metrics, Δm), the Δm differences of
+    ``comparisons`` (entries of ``delta_m_difference``), settings, per-task tables."""
     tasks = _tasks_in(reports)
     lines = [f"# {title}", ""]
     lines += [f"Generated {utc_timestamp()} by stablemtl-eval.", ""]
@@ -136,6 +178,7 @@ def render_markdown(
         lines.append(_row(cells))
     lines.append("")
     lines += _noise_lines(reports, delta)
+    lines += _comparison_lines(comparisons)
     if reference:
         sources = ", ".join(f"{t}: {r['model']}" for t, r in reference.items())
         lines += [f"Reference per task: {sources}.", ""]
