@@ -113,9 +113,8 @@ def test_delta_m_difference_between_two_models_is_paired(tmp_path):
     samples = [make_sample(seed, tasks=("depth", "normal")) for seed in range(8)]
     constant = ConstantPredictor()
     run = {"progress": False, "bootstrap_resamples": 200}
-    reference = build_reference(
-        list(evaluate_models({"constant ref": constant}, samples, **run).reports.values())
-    )
+    tilted = ConstantPredictor({"normal": [0.0, 0.6, 0.8]})  # another constant normal than the models'
+    reference = build_reference(list(evaluate_models({"tilted": tilted}, samples, **run).reports.values()))
     models = {"constant": constant, "constant again": ConstantPredictor(), "encoding": LabelOracle()}
     reports = evaluate_models(models, samples, **run).reports
     pairs = [("encoding", "constant"), ("constant", "constant again")]
