@@ -366,9 +366,19 @@ class StableMTLPipeline(StableMTLFolderMixin, TaskTokenMixin, DiffusionPipeline,
         ``{task: (B, C, H, W)}`` torch predictions at the input resolution, all images in one batch."""
         if not isinstance(images, torch.Tensor) or images.ndim != 4:
             raise ValueError("images must be a (B, 3, H, W) tensor in [0, 1]")
-        output = self(
-            images, next_image=next_images, tasks=list(tasks), batch_size=images.shape[0], output_type="pt"
-        )
+        # One batch: a progress bar of one step would only add a line per call to the caller's own bar.
+        bar_config = dict(getattr(self, "_progress_bar_config", {}))
+        self.set_progress_bar_config(**{**bar_config, "disable": True})
+        try:
+            output = self(
+                images,
+                next_image=next_images,
+                tasks=list(tasks),
+                batch_size=images.shape[0],
+                output_type="pt",
+            )
+        finally:
+            self.set_progress_bar_config(**bar_config)
         return output.predictions
 
     # -- steps ----------------------------------------------------------------------------------------------

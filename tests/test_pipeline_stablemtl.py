@@ -303,9 +303,15 @@ def test_default_tasks_are_the_papers_seven_and_semantic_nyud_is_asked_for(pipe,
     assert nyud.image_processor.visualize("semantic_nyud", ids)[0].size == (45, 37)
 
 
-def test_predictor_contract(pipe):
+def test_predictor_contract(pipe, capsys):
     images, next_images = _frames(2), _frames(2, seed=1)
-    result = pipe.predict(images, next_images, ["depth", "scene_flow"])
+    pipe.set_progress_bar_config(disable=False, desc="batches")
+    try:  # one batch per call: no bar of its own under the evaluator's
+        result = pipe.predict(images, next_images, ["depth", "scene_flow"])
+        assert "1/1" not in capsys.readouterr().err
+        assert pipe._progress_bar_config == {"disable": False, "desc": "batches"}  # the caller's, kept
+    finally:
+        pipe.set_progress_bar_config(disable=True)
     assert set(result) == {"depth", "scene_flow"}
     assert result["depth"].shape == (2, 1, 37, 45) and result["scene_flow"].shape == (2, 3, 37, 45)
     direct = pipe(
