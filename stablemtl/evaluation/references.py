@@ -213,20 +213,15 @@ def delta_m_difference(
     tasks = sorted(set(table[names[0]]["tasks"]) & set(table[names[1]]["tasks"]))
     if not tasks:
         return {"models": names, "tasks": [], "difference": None}
-    rows = {
-        name: delta_m_table([r], {t: reference[t] for t in tasks})[name] for name, r in zip(names, (a, b))
-    }
+    ref_values = {t: float(reference[t]["value"]) for t in tasks}
+    a_metrics, b_metrics = primary_metrics(a), primary_metrics(b)
     out: dict[str, Any] = {
         "models": names,
         "tasks": tasks,
-        "difference": rows[names[0]]["delta_m"] - rows[names[1]]["delta_m"],
+        "difference": delta_m(a_metrics, ref_values, tasks) - delta_m(b_metrics, ref_values, tasks),
     }
     draws = [_delta_m_draws(r, reference, tasks) for r in (a, b)]
-    if (
-        draws[0] is not None
-        and draws[1] is not None
-        and same_resamples(a.get("bootstrap"), b.get("bootstrap"))
-    ):
+    if draws[0] is not None and draws[1] is not None:  # both on the reference's resamples: paired
         bounds = interval([x - y for x, y in zip(*draws)], float(a["bootstrap"].get("level", 0.95)))
         if bounds is not None:
             out.update(interval=bounds, verdict=verdict(*bounds))
