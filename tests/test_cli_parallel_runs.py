@@ -31,7 +31,7 @@ def _times(folder: Path) -> tuple[float, float]:
 
 def test_runs_share_two_workers_and_a_dependent_run_waits(tmp_path):
     runs = [
-        TrainingRun("first", "first", record_run, (tmp_path / "first", 1.5), steps=10),
+        TrainingRun("first", "first", record_run, (tmp_path / "first", 3.0), steps=10),
         TrainingRun(
             "after first", "after_first", record_run, (tmp_path / "second", 0.1), 1, after=("first",)
         ),
@@ -46,7 +46,7 @@ def test_runs_share_two_workers_and_a_dependent_run_waits(tmp_path):
     first, second, beside = (_times(tmp_path / name) for name in ("first", "second", "beside"))
     assert second[0] >= first[1]  # waited for its dependency
     assert beside[0] < first[1]  # ran side by side with it
-    assert results.seconds["first"] >= 1.5
+    assert results.seconds["first"] >= 3.0
     log = (tmp_path / "logs" / "first.log").read_text()
     assert "training first" in log and "a line on stdout" in log
 
@@ -78,5 +78,9 @@ def test_bad_run_lists_are_refused(tmp_path):
         run_all([run, run], workers=2, log_dir=tmp_path)
     with pytest.raises(ValueError, match="after"):
         run_all([TrainingRun("b", "b", record_run, (tmp_path, 0.0), 1, after=("c",))], 2, tmp_path)
+    # A run waiting for one listed after it (a cycle, or out of order for one worker) is refused too.
+    later = TrainingRun("b", "b", record_run, (tmp_path / "b", 0.0), 1, after=("a",))
+    with pytest.raises(ValueError, match=r"'b'.*listed before it"):
+        run_all([later, run], workers=2, log_dir=tmp_path)
     with pytest.raises(ValueError, match="workers"):
         run_all([run], workers=0, log_dir=tmp_path)

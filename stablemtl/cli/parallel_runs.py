@@ -7,7 +7,8 @@ is faster on one. So the demo trains its independent models in ``workers`` proce
 ``threads // workers`` threads each, longest runs first, and starts a run that needs another (stage 2
 needs stage 1) as soon as that one has finished. Measured on 2026-12-03: two 200-step stage-1 runs side
 by side took 0.73 of their time one by one (``benchmarks/bench_parallel_runs.py``, worker start-up
-included), and the training runs of ``make demo`` 930 s against 1829 s one by one.
+included), and the training runs of ``make demo`` 930 s against 1829 s one by one on two threads (those
+including some 30 s of scoring the references).
 
 A worker writes each run's log, progress bars included, to ``<log_dir>/<key>.log``; the caller sees one
 progress bar over all runs. ``workers=1`` runs everything in this process, in order, as before.
@@ -59,14 +60,18 @@ class RunResults:
 def run_all(runs: Sequence[TrainingRun], workers: int, log_dir: Path) -> RunResults:
     """Train ``runs`` in ``workers`` processes (in this process when 1) and return their folders.
 
-    Runs start in the order given as soon as a worker is free and their ``after`` runs are done, so list
-    the longest first. When a run fails, no further run starts, the running ones finish (the demo reuses
-    finished model folders when started again) and the error names the run and its log.
+    Runs start in the order given as soon as a worker is free and their ``after`` runs (listed earlier)
+    are done, so list the longest first. When a run fails, no further run starts, the running ones finish
+    (the demo reuses finished model folders when started again) and the error names the run and its log.
     """
-    names = [run.name for run in runs]
-    unknown = {dep for run in runs for dep in run.after} - set(names)
-    if len(set(names)) != len(names) or unknown:
-        raise ValueError(f"run names must be unique and every `after` a run's name; got {names}, {unknown}")
+    earlier: set[str] = set()  # runs listed before: so `after` can form no cycle, and one worker keeps order
+    for run in runs:
+        if run.name in earlier or not earlier.issuperset(run.after):
+            raise ValueError(
+                f"run {run.name!r}: run names must be unique and every `after` a run listed before it; "
+                f"got {[r.name for r in runs]}"
+            )
+        earlier.add(run.name)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if workers == 1:
@@ -86,7 +91,7 @@ def run_all(runs: Sequence[TrainingRun], workers: int, log_dir: Path) -> RunResu
 
 def _run_here(runs: Sequence[TrainingRun]) -> RunResults:
     results = RunResults()
-    for run in runs:  # in order: every `after` run is listed earlier or missing from a finished demo
+    for run in runs:  # in order: every `after` run is listed earlier
         start = time.perf_counter()
         results.folders[run.name] = run.train(*run.args)
         results.seconds[run.name] = time.perf_counter() - start
